@@ -1,0 +1,3 @@
+"""diffeqgen.cnf (under construction)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""2D toy data, shapes and images."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""diffeqgen.groundtruth (under construction)."""
+
+__all__ = []

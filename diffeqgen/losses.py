@@ -1,0 +1,3 @@
+"""diffeqgen.losses (under construction)."""
+
+__all__ = []

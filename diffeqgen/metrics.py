@@ -1,0 +1,3 @@
+"""diffeqgen.metrics (under construction)."""
+
+__all__ = []

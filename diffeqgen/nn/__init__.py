@@ -1,0 +1,3 @@
+"""Equinox networks: time embeddings, MLPs."""
+
+__all__ = []

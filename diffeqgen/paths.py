@@ -1,0 +1,3 @@
+"""diffeqgen.paths (under construction)."""
+
+__all__ = []

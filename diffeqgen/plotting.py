@@ -1,0 +1,3 @@
+"""diffeqgen.plotting (under construction)."""
+
+__all__ = []

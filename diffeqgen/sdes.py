@@ -1,0 +1,3 @@
+"""diffeqgen.sdes (under construction)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""diffeqgen.solve (under construction)."""
+
+__all__ = []

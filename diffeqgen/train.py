@@ -1,0 +1,3 @@
+"""diffeqgen.train (under construction)."""
+
+__all__ = []

@@ -1,0 +1,25 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
+    """True when two pytrees have the same structure and all leaves are close."""
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    if ta != tb:
+        return False
+    return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb))
+
+
+def run_script(path, *args, timeout=300):
+    """Run an experiments/ or benchmarks/ script in a subprocess; return CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+__all__ = ["tree_allclose", "run_script", "jnp"]
