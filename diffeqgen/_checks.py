@@ -60,12 +60,20 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     """Return ``value`` or raise ``ValueError`` listing the known choices."""
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(map(str, choices))}")
+        raise ValueError(
+            f"unknown {name} {value!r}; expected one of: {', '.join(map(str, choices))}"
+        )
     return value
 
 
-def check_array(name: str, x, *, ndim: int | None = None, last_dim: int | None = None,
-                min_ndim: int | None = None):
+def check_array(
+    name: str,
+    x,
+    *,
+    ndim: int | None = None,
+    last_dim: int | None = None,
+    min_ndim: int | None = None,
+):
     """Convert ``x`` to a floating JAX array and check its rank and trailing dimension.
 
     Integer and boolean inputs are rejected rather than silently cast. Returns the array.
@@ -82,9 +90,7 @@ def check_array(name: str, x, *, ndim: int | None = None, last_dim: int | None =
     if min_ndim is not None and x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got {_describe(x)}")
     if last_dim is not None and (x.ndim == 0 or x.shape[-1] != last_dim):
-        raise ValueError(
-            f"{name} must have trailing dimension {last_dim}, got {_describe(x)}"
-        )
+        raise ValueError(f"{name} must have trailing dimension {last_dim}, got {_describe(x)}")
     return jnp.asarray(x)
 
 

@@ -9,7 +9,10 @@ def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
     lb, tb = jax.tree_util.tree_flatten(b)
     if ta != tb:
         return False
-    return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb))
+    return all(
+        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+        for x, y in zip(la, lb, strict=True)
+    )
 
 
 def run_script(path, *args, timeout=300):
@@ -18,7 +21,11 @@ def run_script(path, *args, timeout=300):
     import sys
 
     return subprocess.run(
-        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -1,0 +1,184 @@
+"""Training state and its checkpoint file (atomic write, exact round trip).
+
+File layout: an 8-byte magic, an 8-byte little-endian header length, a JSON header (format
+version, step, PRNG implementation, sizes of the variable-length arrays), then the leaves of the
+state written by ``equinox.tree_serialise_leaves``. The file is written to ``path + ".tmp"``,
+flushed and fsynced, then moved over ``path`` with ``os.replace``, so a crash mid-write leaves the
+previous checkpoint intact.
+"""
+
+import json
+import os
+import struct
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "HISTORY_KEYS"]
+
+_MAGIC = b"DEQGCKP1"
+_VERSION = 1
+HISTORY_KEYS = ("step", "loss", "val_step", "val_loss")
+
+
+class TrainState(NamedTuple):
+    """Everything needed to continue a run exactly.
+
+    Attributes:
+        model: The trained Equinox model.
+        ema_model: Exponential moving average of ``model``'s floating-point parameters.
+        opt_state: The Optax optimiser state.
+        step: Number of completed optimiser updates (a Python int).
+        key: The run's PRNG key (the per-step key is ``jr.fold_in(key, step)``-derived).
+        history: Dict of NumPy arrays "step", "loss", "val_step", "val_loss".
+    """
+
+    model: Any
+    ema_model: Any
+    opt_state: Any
+    step: int
+    key: Any
+    history: dict[str, np.ndarray]
+
+
+def _empty_history() -> dict[str, np.ndarray]:
+    return {
+        "step": np.zeros(0, np.int64),
+        "loss": np.zeros(0, np.float32),
+        "val_step": np.zeros(0, np.int64),
+        "val_loss": np.zeros(0, np.float32),
+    }
+
+
+def _typed_key(key):
+    """Return a typed PRNG key (raw ``uint32[2]`` keys are wrapped with the default impl)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jr.wrap_key_data(key)
+
+
+def _payload(state: TrainState) -> dict:
+    return {
+        "model": state.model,
+        "ema_model": state.ema_model,
+        "opt_state": state.opt_state,
+        "key": np.asarray(jr.key_data(_typed_key(state.key))),
+        "history": {k: np.asarray(state.history[k]) for k in HISTORY_KEYS},
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    If anything fails before the rename, the temporary file is removed and the file previously
+    at ``path`` (if any) is untouched.
+
+    Args:
+        path: Destination file (written exactly as given; no suffix is added).
+        state: A `TrainState`.
+    """
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+    path = os.fspath(path)
+    payload = _payload(state)
+    key = _typed_key(state.key)
+    header = {
+        "version": _VERSION,
+        "step": int(state.step),
+        "key_impl": str(jr.key_impl(key)),
+        "key_shape": list(payload["key"].shape),
+        "history": {k: [int(v.shape[0]), str(v.dtype)] for k, v in payload["history"].items()},
+    }
+    blob = json.dumps(header).encode()
+    tmp = path + ".tmp"
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + struct.pack("<Q", len(blob)) + blob)
+            eqx.tree_serialise_leaves(f, payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable (best effort; not all filesystems allow it)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """Return the JSON header of the checkpoint at ``path`` (raises ValueError if unreadable)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        return _read_header(f, path)
+
+
+def _read_header(f, path: str) -> dict:
+    magic = f.read(len(_MAGIC))
+    if magic != _MAGIC:
+        raise ValueError(f"checkpoint {path!r} is not a diffeqgen checkpoint (bad magic bytes)")
+    (size,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(size).decode())
+    if header.get("version") != _VERSION:
+        raise ValueError(
+            f"checkpoint {path!r} has format version {header.get('version')!r}, expected {_VERSION}"
+        )
+    return header
+
+
+def load_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
+    """Load a checkpoint written by `save_checkpoint`.
+
+    Args:
+        path: The checkpoint file.
+        like: A `TrainState` giving the structure of ``model``, ``ema_model`` and ``opt_state``
+            (for example a freshly initialised one); its step, key and history are ignored.
+
+    Returns:
+        The stored `TrainState`, bit for bit.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not a checkpoint, truncated, or written for a differently shaped model.
+    """
+    path = os.fspath(path)
+    if not isinstance(like, TrainState):
+        raise TypeError(f"like must be a TrainState, got {type(like).__name__}")
+    with open(path, "rb") as f:
+        header = _read_header(f, path)
+        template = {
+            "model": like.model,
+            "ema_model": like.ema_model,
+            "opt_state": like.opt_state,
+            "key": np.zeros(header["key_shape"], np.uint32),
+            "history": {k: np.zeros(n, np.dtype(dt)) for k, (n, dt) in header["history"].items()},
+        }
+        try:
+            out = eqx.tree_deserialise_leaves(f, template)
+        except (RuntimeError, ValueError, EOFError, OSError) as e:
+            raise ValueError(
+                f"checkpoint {path!r} could not be loaded into the given model/optimiser "
+                f"structure (truncated file or different model): {e}"
+            ) from e
+        if f.read(1):
+            raise ValueError(f"checkpoint {path!r} has trailing data; expected end of file")
+    key = jr.wrap_key_data(out["key"], impl=header["key_impl"])
+    return TrainState(
+        model=out["model"],
+        ema_model=out["ema_model"],
+        opt_state=out["opt_state"],
+        step=int(header["step"]),
+        key=key,
+        history=out["history"],
+    )
