@@ -1,0 +1,260 @@
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from diffeqgen import paths
+from diffeqgen.paths import KINDS, DDPMSchedule, GaussianPath, convert, get_path
+
+# Every path goes through the same property tests (defaults plus non-default parameters).
+PATHS = {
+    "linear": lambda: get_path("linear"),
+    "cosine": lambda: get_path("cosine"),
+    "polynomial2": lambda: get_path("polynomial"),
+    "polynomial0.5": lambda: get_path("polynomial", p=0.5),
+    "polynomial3": lambda: get_path("polynomial", p=3),
+    "ve": lambda: get_path("ve"),
+    "ve50": lambda: get_path("ve", sigma_min=0.02, sigma_max=50.0),
+    "vp": lambda: get_path("vp"),
+    "vp_custom": lambda: get_path("vp", beta_min=0.5, beta_max=5.0, t_eps=1e-4),
+    "subvp": lambda: get_path("subvp"),
+    "ve_t": lambda: get_path("ve_t"),
+    "ve_t3": lambda: get_path("ve_t", scale=3.0),
+}
+INTERIOR = np.linspace(0.05, 0.95, 7)
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request):
+    return PATHS[request.param]()
+
+
+def test_every_name_is_covered():
+    assert set(paths.PATH_NAMES) == {"linear", "cosine", "polynomial", "ve", "vp", "subvp", "ve_t"}
+    for name in paths.PATH_NAMES:
+        assert isinstance(get_path(name), GaussianPath)
+
+
+def test_derivatives_match_autodiff(path, x64):
+    t = jnp.asarray(INTERIOR, dtype=jnp.float64)
+    for f, df in ((path.alpha, path.d_alpha), (path.sigma, path.d_sigma)):
+        expected = jax.vmap(jax.grad(f))(t)
+        np.testing.assert_allclose(df(t), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_diffusion_closed_form_matches_generic_formula(path, x64):
+    # g^2 = 2 sigma^2 (d_alpha/alpha - d_sigma/sigma): the SDE whose marginals are the path.
+    t = jnp.asarray(INTERIOR)
+    np.testing.assert_allclose(path.diffusion(t), GaussianPath.diffusion(path, t), rtol=1e-10)
+
+
+def test_classic_diffusions(x64):
+    t = jnp.asarray(INTERIOR)
+    s = 1.0 - t
+    vp = get_path("vp")
+    np.testing.assert_allclose(vp.diffusion(t), jnp.sqrt(0.1 + 19.9 * s), rtol=1e-12)
+    ve = get_path("ve", sigma_max=10.0)
+    g = 0.01 * 1000.0**s * math.sqrt(2 * math.log(1000.0))
+    np.testing.assert_allclose(ve.diffusion(t), g, rtol=1e-12)
+    np.testing.assert_allclose(get_path("ve_t", scale=2.0).diffusion(t), 2.0 * s, rtol=1e-12)
+    # ve_t: sigma(s)^2 = int_0^s u^2 du = s^3 / 3.
+    np.testing.assert_allclose(get_path("ve_t").sigma(t) ** 2, s**3 / 3, rtol=1e-12)
+
+
+def test_snr_increases(path):
+    snr = path.snr(jnp.linspace(0.0, 1.0, 101))
+    assert np.all(np.diff(np.asarray(snr)) > 0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
+def test_endpoints_interpolating_paths(name):
+    p = get_path(name)
+    assert float(p.alpha(0.0)) == 0.0 and float(p.sigma(0.0)) == 1.0
+    assert float(p.alpha(1.0)) == 1.0 and float(p.sigma(1.0)) == 0.0
+    assert p.t_min == pytest.approx(1e-3) and p.t_max == pytest.approx(1 - 1e-3)
+
+
+def test_endpoints_diffusion_paths():
+    for name in ("vp", "subvp"):
+        p = get_path(name)
+        assert float(p.alpha(1.0)) == 1.0 and float(p.sigma(1.0)) == 0.0
+        assert float(p.alpha(0.0)) == pytest.approx(math.exp(-0.5 * (0.1 + 9.95)), rel=1e-5)
+        assert float(p.sigma(0.0)) == pytest.approx(1.0, abs=1e-4)
+        assert p.t_min == 0.0 and p.t_max == pytest.approx(1 - 1e-3)
+    ve = get_path("ve", sigma_max=10.0)
+    assert float(ve.sigma(0.0)) == pytest.approx(10.0, rel=1e-6)
+    assert float(ve.sigma(1.0)) == pytest.approx(0.01, rel=1e-6)
+    assert float(ve.alpha(0.3)) == 1.0 and (ve.t_min, ve.t_max) == (0.0, 1.0)
+    vet = get_path("ve_t")
+    assert float(vet.sigma(1.0)) == 0.0 and float(vet.sigma(0.0)) == pytest.approx(3**-0.5)
+
+
+def test_endpoints_finite(path, key):
+    x1 = jr.normal(key, (4, 3))
+    x = 2.0 * x1 + 1.0
+    for t in (0.0, 1.0, jnp.array([0.0, 1.0, 0.5, 1.0])):
+        outs = [
+            path.alpha(t),
+            path.sigma(t),
+            path.d_alpha(t),
+            path.d_sigma(t),
+            path.snr(t),
+            path.diffusion(t),
+            path.cond_velocity(x, x1, t),
+            path.cond_velocity_on_path(x1, x, t),
+            path.cond_score(x, x1, t),
+        ]
+        outs += [convert(x, x1, t, path, source=a, target=b) for a in KINDS for b in KINDS]
+        for out in outs:
+            assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_cond_velocity_forms_agree_and_are_the_time_derivative(path, key, x64):
+    k1, k2 = jr.split(key)
+    x1, eps = jr.normal(k1, (5, 2)), jr.normal(k2, (5, 2))
+    for t in INTERIOR:
+        x = path.interpolate(x1, eps, t)
+        general = path.cond_velocity(x, x1, t)
+        simple = path.cond_velocity_on_path(x1, eps, t)
+        np.testing.assert_allclose(general, simple, rtol=1e-10, atol=1e-10)
+        _, dxdt = jax.jvp(lambda s: path.interpolate(x1, eps, s), (t,), (1.0,))
+        np.testing.assert_allclose(simple, dxdt, rtol=1e-10, atol=1e-10)
+
+
+def test_cond_score_is_gradient_of_gaussian_log_density(path, key, x64):
+    k1, k2 = jr.split(key)
+    x1, x = jr.normal(k1, (3,)), jr.normal(k2, (3,))
+    for t in INTERIOR:
+        a, s = path.alpha(t), path.sigma(t)
+
+        def logp(y, a=a, s=s):
+            return jnp.sum(jax.scipy.stats.norm.logpdf(y, a * x1, s))
+
+        np.testing.assert_allclose(path.cond_score(x, x1, t), jax.grad(logp)(x), rtol=1e-10)
+
+
+def test_sample_has_the_conditional_law(key):
+    p = get_path("cosine")
+    x1 = jnp.array([1.0, -2.0])
+    xs = p.sample(key, jnp.broadcast_to(x1, (20000, 2)), 0.4)
+    a, s = float(p.alpha(0.4)), float(p.sigma(0.4))
+    # Mean within 4 standard errors (z-test, two-sided level ~6e-5).
+    assert np.all(np.abs(np.mean(xs, 0) - a * x1) < 4 * s / math.sqrt(20000))
+
+
+def test_batched_t_broadcasts_over_leading_axes(key):
+    p = get_path("vp")
+    x1, eps = jr.normal(key, (2, 4, 3))
+    t = jnp.array([0.2, 0.7, 0.9, 0.5])
+    x = p.interpolate(x1, eps, t)
+    rows = jnp.stack([p.interpolate(x1[i], eps[i], t[i]) for i in range(4)])
+    np.testing.assert_allclose(x, rows, rtol=1e-6)
+    v = convert(eps, x, t, p, source="eps", target="velocity")
+    np.testing.assert_allclose(v, p.cond_velocity_on_path(x1, eps, t), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="leading"):
+        p.interpolate(x1[0], eps[0], jnp.ones((4, 3, 2)))
+
+
+def test_parametrisation_round_trips(path, key, x64):
+    k1, k2 = jr.split(key)
+    x, pred = jr.normal(k1, (6, 2)), jr.normal(k2, (6, 2))
+    t = jnp.asarray(np.linspace(0.1, 0.9, 6))
+    for a in KINDS:
+        for b in KINDS:
+            there = convert(pred, x, t, path, source=a, target=b)
+            back = convert(there, x, t, path, source=b, target=a)
+            np.testing.assert_allclose(back, pred, rtol=1e-8, atol=1e-8)
+
+
+def test_parametrisations_are_exact_on_the_path(path, key, x64):
+    # With D = x1 and E = eps on x = alpha x1 + sigma eps, the conversions give the conditional
+    # targets: velocity d_alpha x1 + d_sigma eps and score -eps / sigma.
+    k1, k2 = jr.split(key)
+    x1, eps = jr.normal(k1, (4, 2)), jr.normal(k2, (4, 2))
+    for t in INTERIOR:
+        x = path.interpolate(x1, eps, t)
+        truth = {
+            "denoiser": x1,
+            "eps": eps,
+            "velocity": path.cond_velocity_on_path(x1, eps, t),
+            "score": path.cond_score(x, x1, t),
+        }
+        for a in KINDS:
+            for b in KINDS:
+                out = convert(truth[a], x, t, path, source=a, target=b)
+                np.testing.assert_allclose(out, truth[b], rtol=1e-8, atol=1e-8)
+
+
+def test_as_vector_field_and_as_score(key):
+    p = get_path("linear")
+    x1 = jnp.array([0.5, -1.0])
+
+    def denoiser(t, x, args):  # the exact denoiser of a point mass at x1
+        return x1
+
+    f = paths.as_vector_field(denoiser, p, "denoiser")
+    s = paths.as_score(denoiser, p, "denoiser")
+    x, t = jnp.array([0.1, 0.2]), 0.3
+    np.testing.assert_allclose(f(t, x, None), (x1 - x) / (1 - t), rtol=1e-5)
+    np.testing.assert_allclose(s(t, x, None), p.cond_score(x, x1, t), rtol=1e-5)
+    # A module: jit sees the model's arrays as inputs.
+    assert isinstance(f, eqx.Module)
+    np.testing.assert_allclose(eqx.filter_jit(f)(t, x, None), f(t, x, None), rtol=1e-6)
+
+
+def test_convert_under_jit_and_vmap(key):
+    p = get_path("vp")
+    x = jr.normal(key, (8, 2))
+    t = jnp.linspace(0.1, 0.9, 8)
+    fn = jax.jit(jax.vmap(lambda e, y, s: convert(e, y, s, p, source="eps", target="score")))
+    np.testing.assert_allclose(fn(x, x, t), -x / p.sigma(t)[:, None], rtol=1e-5)
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match="expected one of: linear, cosine"):
+        get_path("straight")
+    with pytest.raises(ValueError, match="sigma_max must be > sigma_min"):
+        get_path("ve", sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        get_path("ve", sigma_min=0.0)
+    with pytest.raises(ValueError, match="p must be"):
+        get_path("polynomial", p=-1.0)
+    with pytest.raises(ValueError, match="beta_max must be >= beta_min"):
+        get_path("vp", beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="t_eps"):
+        get_path("linear", t_eps=0.7)
+    with pytest.raises(TypeError, match="get_path\\('linear'\\)"):
+        get_path("linear", p=2.0)
+    x = jnp.zeros((2,))
+    with pytest.raises(ValueError, match="unknown target 'x0'"):
+        convert(x, x, 0.5, get_path("linear"), source="eps", target="x0")
+    with pytest.raises(ValueError, match="same shape"):
+        convert(jnp.zeros(3), x, 0.5, get_path("linear"), source="eps", target="score")
+    with pytest.raises(ValueError, match="kind"):
+        paths.as_vector_field(lambda t, x, a: x, get_path("linear"), "noise")
+
+
+def test_ddpm_schedule(x64):
+    sched = DDPMSchedule(num_steps=100, beta_min=1e-4, beta_max=0.02)
+    betas = np.linspace(1e-4, 0.02, 100)
+    np.testing.assert_allclose(sched.betas, betas, rtol=1e-12)
+    np.testing.assert_allclose(sched.alpha_bars, np.cumprod(1 - betas), rtol=1e-12)
+    assert float(sched.time(100)) == 0.0 and float(sched.time(0)) == 1.0
+    ks = jnp.arange(101)
+    np.testing.assert_array_equal(sched.step(sched.time(ks)), ks)
+    assert float(sched.alpha_bar(0)) == 1.0
+    a, s = sched.alpha_sigma(ks)
+    np.testing.assert_allclose(a**2 + s**2, 1.0, rtol=1e-12)
+    # The continuous VP path with beta * T matches alpha_bar to O(beta_max).
+    vp = sched.path()
+    np.testing.assert_allclose(vp.alpha(sched.time(ks)), a, atol=0.02)
+    default = DDPMSchedule()
+    assert default.num_steps == 500 and default.betas.shape == (500,)
+    with pytest.raises(ValueError, match="beta_max"):
+        DDPMSchedule(beta_min=0.1, beta_max=0.01)
+    with pytest.raises(ValueError, match="num_steps"):
+        DDPMSchedule(num_steps=0)
