@@ -1,0 +1,249 @@
+"""Private core of ``diffeqgen.cnf``: validation and the augmented ODE ``[z, delta]``.
+
+``d delta/dt = -tr(df/dz)`` on one sample (or a batch), exact (forward-mode Jacobian) or by
+Hutchinson's estimator with probes fixed for the whole solve.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from . import solve as _solve
+from ._checks import check_choice, check_int, check_positive
+from ._solvers import eager_fsal, evals_per_step
+from ._types import Array
+
+TRACES = ("exact", "hutchinson")
+"""Divergence estimators: exact forward-mode Jacobian trace, or Hutchinson's estimator."""
+
+PROBES = ("rademacher", "gaussian")
+"""Probe distributions for Hutchinson's estimator."""
+
+
+def _standard_normal_log_prob(z: Array) -> Array:
+    flat = z.reshape(z.shape[0], -1)
+    return -0.5 * jnp.sum(flat**2, axis=1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
+
+
+def _base_log_prob(base: Any, z: Array) -> Array:
+    return _standard_normal_log_prob(z) if base is None else base.log_prob(z)
+
+
+class _Augmented(eqx.Module):
+    """Augmented dynamics ``(z, delta) -> (f(t, z), -tr(df/dz))`` on one sample (or a batch)."""
+
+    vector_field: Callable
+    trace: str = eqx.field(static=True)
+    batched: bool = eqx.field(static=True)
+
+    def _one(self, t, z, user_args, probes):
+        fz, jvp = jax.linearize(lambda y: self.vector_field(t, y, user_args), z)
+        if self.trace == "exact":
+            d = z.size
+            basis = jnp.eye(d, dtype=z.dtype).reshape(d, *z.shape)
+            columns = jax.vmap(jvp)(basis).reshape(d, d)  # row i = J e_i
+            div = jnp.trace(columns)
+        else:
+            jv = jax.vmap(jvp)(probes)  # (num_probes, *event)
+            div = jnp.mean(jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=1))
+        return fz, -div.astype(z.dtype)
+
+    def __call__(self, t, state, args):
+        z, _ = state
+        user_args, probes = args
+        if self.batched:
+            return jax.vmap(self._one, in_axes=(None, 0, None, 0))(t, z, user_args, probes)
+        return self._one(t, z, user_args, probes)
+
+
+@eqx.filter_jit
+def _integrate(
+    vector_field,
+    z,
+    delta,
+    user_args,
+    probes,
+    t_start,
+    t_end,
+    dt0,
+    *,
+    solver,
+    controller,
+    adjoint,
+    max_steps,
+    trace,
+    per_sample,
+):
+    """Solve the augmented ODE from t_start to t_end; return (z, delta, num_steps)."""
+
+    def run(z, delta, probes, batched):
+        term = diffrax.ODETerm(_Augmented(vector_field, trace, batched))
+        sol = diffrax.diffeqsolve(
+            term,
+            solver,
+            t_start,
+            t_end,
+            dt0,
+            (z, delta),
+            args=(user_args, probes),
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+        )
+        return sol.ys[0][0], sol.ys[1][0], sol.stats["num_steps"]
+
+    if per_sample:
+        return jax.vmap(lambda z_, d_, p_: run(z_, d_, p_, False))(z, delta, probes)
+    z1, d1, steps = run(z, delta, probes, True)
+    return z1, d1, jnp.full(z.shape[:1], steps)
+
+
+def _validate(
+    vector_field,
+    x_event_shape,
+    dtype,
+    t0,
+    t1,
+    base,
+    solver,
+    steps,
+    rtol,
+    atol,
+    trace,
+    num_probes,
+    probe,
+    key,
+    args,
+    max_steps,
+):
+    """Check every option before any solving; return (solver, t0, t1, steps, max_steps)."""
+    t0 = float(t0)
+    t1 = float(t1)
+    if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
+        raise ValueError(f"need finite t0 < t1 (t0 = base, t1 = data), got t0={t0}, t1={t1}")
+    solver_obj = _solve.get_solver(solver, "ode")
+    if steps is None:
+        check_positive("rtol", rtol)
+        check_positive("atol", atol)
+        if not isinstance(solver_obj, diffrax.AbstractAdaptiveSolver):
+            raise ValueError(
+                f"solver {solver!r} has no error estimate for adaptive steps; pass steps=<int> "
+                "or choose an adaptive solver such as 'dopri5'"
+            )
+    else:
+        steps = check_int("steps", steps)
+    max_steps = (steps if steps is not None else 4096) if max_steps is None else max_steps
+    max_steps = check_int("max_steps", max_steps)
+    if steps is not None and steps > max_steps:
+        raise ValueError(f"steps={steps} exceeds max_steps={max_steps}")
+    check_choice("trace", trace, TRACES)
+    check_choice("probe", probe, PROBES)
+    check_int("num_probes", num_probes)
+    if trace == "hutchinson" and key is None:
+        raise ValueError("trace='hutchinson' needs a PRNG key (key=...) to draw its probes")
+    if base is not None and not hasattr(base, "log_prob"):
+        raise ValueError(f"base must be None (standard normal) or have .log_prob, got {base!r}")
+    base_dim = getattr(base, "dim", None)
+    if base_dim is not None and len(x_event_shape) == 1 and x_event_shape[0] != base_dim:
+        raise ValueError(
+            f"x must have trailing dimension {base_dim} (the base's dim), got event shape "
+            f"{tuple(x_event_shape)}"
+        )
+    model_dim = getattr(vector_field, "dim", None)
+    if isinstance(model_dim, int) and len(x_event_shape) == 1 and x_event_shape[0] != model_dim:
+        raise ValueError(
+            f"x must have trailing dimension {model_dim} (the model's dim), got event shape "
+            f"{tuple(x_event_shape)}"
+        )
+    probe_x = jax.ShapeDtypeStruct(tuple(x_event_shape), dtype)
+    try:
+        out = jax.eval_shape(lambda y: vector_field(jnp.asarray(t1, dtype), y, args), probe_x)
+    except Exception as err:  # noqa: BLE001  (re-raised with the shapes the user needs)
+        raise ValueError(
+            f"vector_field(t, x, args) failed on one sample of shape {tuple(x_event_shape)}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not hasattr(out, "shape") or tuple(out.shape) != tuple(x_event_shape):
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"vector_field must return dx/dt with the shape of one sample {tuple(x_event_shape)}, "
+            f"got {got}"
+        )
+    return solver_obj, t0, t1, steps, max_steps
+
+
+def _solve_augmented(
+    vector_field,
+    z,
+    t_start,
+    t_end,
+    *,
+    solver,
+    steps,
+    rtol,
+    atol,
+    trace,
+    num_probes,
+    probe,
+    key,
+    args,
+    per_sample,
+    adjoint,
+    max_steps,
+):
+    n, event, dtype = z.shape[0], z.shape[1:], z.dtype
+    if trace == "hutchinson":
+        shape = (n, num_probes, *event)
+        if probe == "rademacher":
+            probes = jr.rademacher(key, shape, dtype=dtype)
+        else:
+            probes = jr.normal(key, shape, dtype=dtype)
+    else:
+        probes = None
+    if steps is None:
+        controller = diffrax.PIDController(
+            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
+        )
+        dt0 = None
+    else:
+        controller = diffrax.ConstantStepSize()
+        dt0 = jnp.asarray((t_end - t_start) / steps, dtype)
+        per_sample = False  # identical answers; one batched state is faster
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    z_end, delta, num_steps = _integrate(
+        vector_field,
+        z,
+        jnp.zeros((n,), dtype),
+        args,
+        probes,
+        jnp.asarray(t_start, dtype),
+        jnp.asarray(t_end, dtype),
+        dt0,
+        solver=eager_fsal(solver),
+        controller=controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        trace=trace,
+        per_sample=per_sample,
+    )
+    return z_end, delta, _nfe(solver, num_steps)
+
+
+def _nfe(solver, num_steps: Array) -> Array:
+    """Mean augmented-field evaluations per sample from the per-sample step counts.
+
+    Uses the solve layer's ``evals_per_step``; FSAL solvers run wrapped by ``eager_fsal`` so
+    that the count is exact (verified against a call counter in the tests).
+    """
+    counts = evals_per_step(solver)
+    if counts is None:
+        return jnp.asarray(jnp.nan)
+    at_init, per_step = counts
+    nfe = at_init + per_step * num_steps
+    return jnp.mean(nfe.astype(jnp.float32))
