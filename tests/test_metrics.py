@@ -215,3 +215,17 @@ def test_metric_argument_validation(rng, key):
         metrics.mmd(np.zeros((3, 2)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="bandwidth must be a finite number > 0"):
         metrics.kde_log_likelihood(x, y, bandwidth=0.0)
+
+
+def test_floor_stats_matches_individual_floors(key):
+    sampler = data.sampler("gaussian")
+    stats = metrics.floor_stats(metrics.mmd, sampler, 64, key=key, repeats=3, bandwidth=0.5)
+    singles = [
+        metrics.floor(metrics.mmd, sampler, 64, key=jr.fold_in(key, r), bandwidth=0.5).value
+        for r in range(3)
+    ]
+    np.testing.assert_allclose(stats.values, singles)
+    assert stats.mean == pytest.approx(np.mean(singles))
+    assert stats.std == pytest.approx(np.std(singles, ddof=1))
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.floor_stats(metrics.mmd, sampler, 64, key=key, repeats=1)
