@@ -1,0 +1,90 @@
+"""Minibatch optimal transport on device: log-domain Sinkhorn and a coupling drawn from its plan.
+
+Used by ``diffeqgen.losses.interpolant_loss(..., coupling="ot")``. Why Sinkhorn and not an exact
+assignment: an exact Hungarian or auction solver is sequential (O(n^3) with data-dependent
+control flow), awkward to express in ``lax`` and slow to compile inside the fused training step,
+whereas Sinkhorn is a fixed number of dense ``logsumexp`` sweeps over the n x n cost matrix:
+vectorised, jittable, no host round trip. The price: with the small entropic regulariser used
+(1% of the mean cost) the plan is not a permutation but spreads each row over a few near-equivalent
+partners; drawing each source point's partner from its row gives an expected total cost within
+about 1-2% of the exact optimum (checked against ``scipy.optimize.linear_sum_assignment`` in the
+tests), and the target marginal stays uniform up to the plan's small column-sum error.
+"""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jax.scipy.special import logsumexp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+__all__ = ["sinkhorn_log_plan", "ot_pairing"]
+
+
+def _sq_cost(x0: Array, x1: Array) -> Array:
+    a = x0.reshape(x0.shape[0], -1)
+    b = x1.reshape(x1.shape[0], -1)
+    cost = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
+    return jnp.maximum(cost, 0.0)
+
+
+def sinkhorn_log_plan(
+    cost: Float[Array, "n m"], *, epsilon: float | int = 0.01, num_iters: int = 50
+) -> Float[Array, "n m"]:
+    """Log of the entropic OT plan between uniform marginals for a cost matrix.
+
+    Solves min_P <P, C> - eps H(P) with P 1 = 1/n, P^T 1 = 1/m by log-domain Sinkhorn updates of
+    the dual potentials (f, g) (stable for small eps). ``epsilon`` is relative: the final
+    eps = epsilon * mean(C), so the plan's sharpness does not depend on the data scale. eps is
+    annealed geometrically from mean(C) down to that value over the first 60% of the iterations
+    (epsilon scaling, warm-started through the potentials), which converges in a few tens of
+    iterations where a fixed small eps needs hundreds. The last half-update fixes the row
+    marginals exactly (each row sums to 1/n); the column sums are close to 1/m.
+
+    Args:
+        cost: cost matrix ``(n, m)``.
+        epsilon: final entropic regulariser relative to the mean cost (> 0).
+        num_iters: number of Sinkhorn iterations (each updates f then g).
+
+    Returns:
+        ``log P`` of shape ``(n, m)``.
+    """
+    cost = jax.lax.stop_gradient(cost)
+    n, m = cost.shape
+    scale = jnp.maximum(jnp.mean(cost), jnp.finfo(cost.dtype).tiny)
+    frac = jnp.arange(num_iters, dtype=cost.dtype) / max(0.6 * num_iters, 1.0)
+    eps_sched = scale * jnp.maximum(epsilon, epsilon**frac)
+    log_a, log_b = -jnp.log(n), -jnp.log(m)
+
+    def f_update(g, eps):
+        return eps * (log_a - logsumexp((g[None, :] - cost) / eps, axis=1))
+
+    def body(carry, eps):
+        f = f_update(carry[1], eps)
+        g = eps * (log_b - logsumexp((f[:, None] - cost) / eps, axis=0))
+        return (f, g), None
+
+    init = (jnp.zeros((n,), cost.dtype), jnp.zeros((m,), cost.dtype))
+    (_, g), _ = jax.lax.scan(body, init, eps_sched)
+    eps = eps_sched[-1]
+    f = f_update(g, eps)
+    return (f[:, None] + g[None, :] - cost) / eps
+
+
+def ot_pairing(
+    key: PRNGKeyArray,
+    x0: Float[Array, " n *event"],
+    x1: Float[Array, " n *event"],
+    *,
+    epsilon: float | int = 0.01,
+    num_iters: int = 50,
+) -> Int[Array, " n"]:
+    """Indices ``j`` pairing each ``x0[i]`` with ``x1[j[i]]`` by minibatch OT (squared Euclidean).
+
+    Computes the Sinkhorn plan of :func:`sinkhorn_log_plan` and draws each row's partner from the
+    row of the plan (a categorical draw; with a small ``epsilon`` this is almost always the row's
+    arg-max). Drawing rather than taking the arg-max keeps the target marginal uniform in
+    expectation (each column of the plan sums to 1/n), so the coupling does not bias which targets
+    are trained on.
+    """
+    log_plan = sinkhorn_log_plan(_sq_cost(x0, x1), epsilon=epsilon, num_iters=num_iters)
+    return jr.categorical(key, log_plan, axis=1)
