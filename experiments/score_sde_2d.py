@@ -24,15 +24,11 @@ import json
 import pathlib
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import matplotlib
 
 matplotlib.use("Agg")
-# diffeqgen.solve hands vmapped callables to Diffrax terms, which makes Equinox warn about
-# (non-existent) trainable parameters on every sampler call; the samplers here never train.
-warnings.filterwarnings("ignore", message=r"\s*Possibly assigning a JAX-transformed callable")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
