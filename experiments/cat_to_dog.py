@@ -15,7 +15,6 @@ length to chord, both from Euler N = 100 trajectories.
 Run ``python experiments/cat_to_dog.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
 
-import argparse
 import json
 import pathlib
 import sys
@@ -24,6 +23,8 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -36,7 +37,6 @@ from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E
 from diffeqgen._ot import ot_pairing  # noqa: E402
 
 STUDY = "cat_to_dog"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE, TARGET = "cat", "dog"
 
 FULL = dict(
@@ -67,37 +67,8 @@ QUICK = dict(
 )
 
 
-def floors_of(sampler, n, key, bandwidth, reps):
-    """W2 and MMD^2 floors (metrics.floor), averaged over ``reps`` independent pairs of sets."""
-    keys = jr.split(key, reps)
-    w2 = [metrics.floor(metrics.wasserstein, sampler, n, key=k) for k in keys]
-    mmd = [
-        float(metrics.floor(metrics.mmd, sampler, n, key=k, bandwidth=bandwidth).value)
-        for k in keys
-    ]
-    return dict(
-        w2=float(np.mean(w2)),
-        w2_std=float(np.std(w2)),
-        mmd=float(np.mean(mmd)),
-        mmd_std=float(np.std(mmd)),
-        reps=reps,
-    )
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run (< 1 min) for the tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / STUDY)
-    p.add_argument(
-        "--checkpoints",
-        type=pathlib.Path,
-        default=ROOT / "checkpoints" / STUDY,
-        help="folder for training checkpoints (gitignored)",
-    )
-    p.add_argument("--resume", action="store_true", help="resume training from the checkpoints")
+    p = _common.make_parser(__doc__, STUDY)
     p.add_argument(
         "--couplings",
         default="independent,ot",
@@ -145,9 +116,10 @@ def train_one(coupling, args, key):
         ot_epsilon=args.ot_epsilon,
         ot_iters=args.ot_iters,
     )
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
     opt = train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"], warmup=200)
-    return train.fit(
+    return _common.fit(
+        args,
+        f"{coupling}.eqx",
         model,
         loss,
         data.sampler(TARGET),
@@ -158,9 +130,7 @@ def train_one(coupling, args, key):
         steps_per_call=100,
         val_data=data.sampler(TARGET),
         val_every=cfg["val_every"],
-        checkpoint=args.checkpoints / f"{coupling}.eqx",
         checkpoint_every=cfg["checkpoint_every"],
-        resume=args.resume,
     )
 
 
@@ -396,7 +366,9 @@ def main(argv=None):
     cat = np.asarray(data.sample(SOURCE, k_src, n))
     dog = np.asarray(data.sample(TARGET, k_tgt, n))
     bandwidth = metrics.median_bandwidth(dog, dog)
-    floors = floors_of(dog_sampler, n, k_floor, bandwidth, cfg["floor_reps"])
+    floors = _common.floors_shared_keys(
+        dog_sampler, n, key=k_floor, bandwidth=bandwidth, repeats=cfg["floor_reps"]
+    )
     print(
         f"floors at n = {n}: W2 {floors['w2']:.4f}, MMD^2 {floors['mmd']:.2e} "
         f"(bandwidth {bandwidth:.3f})"
@@ -418,8 +390,7 @@ def main(argv=None):
         )
         x = np.asarray(jax.block_until_ready(sol.x))
         secs = time.perf_counter() - t0
-        w2 = metrics.wasserstein(x, dog)
-        mmd = float(metrics.mmd(x, dog, bandwidth).value)
+        w2, mmd = _common.score(x, dog, bandwidth)
         rows.append(
             dict(
                 coupling=c,
@@ -518,12 +489,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the last checkpoint is kept (see --checkpoints); rerun with --resume "
-            "to continue training from it",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    _common.run_interruptible(main)

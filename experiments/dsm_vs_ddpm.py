@@ -20,15 +20,17 @@ floors. Time convention of the library: t = 0 noise, t = 1 data (DDPM step k has
 Run ``python experiments/dsm_vs_ddpm.py`` (about 6 minutes on 2 busy CPU cores) or ``--quick``.
 """
 
-import argparse
 import functools
 import json
 import pathlib
+import sys
 import time
 
 import matplotlib
 
 matplotlib.use("Agg")
+sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -40,7 +42,6 @@ from diffeqgen import data, losses, metrics, nn, paths, solve, train  # noqa: E4
 from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E402
 
 STUDY = "dsm_vs_ddpm"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("dsm", "ncsm", "ddpm")
 EMA_ALPHA = 0.01
 
@@ -69,19 +70,7 @@ QUICK = dict(
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run (< 1 min) for the tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / STUDY)
-    p.add_argument(
-        "--checkpoints",
-        type=pathlib.Path,
-        default=ROOT / "checkpoints" / STUDY,
-        help="folder for training checkpoints (gitignored)",
-    )
-    p.add_argument("--resume", action="store_true", help="resume training from the checkpoints")
+    p = _common.make_parser(__doc__, STUDY)
     p.add_argument(
         "--datasets",
         default=None,
@@ -346,22 +335,8 @@ def plot_scatter(samples, tests, out):
 
 
 # ---------------------------------------------------------------------------------- report
-def _val(r):
-    if isinstance(r, tuple | list):
-        r = r[0]
-    return float(getattr(r, "value", r))
-
-
 def _fmt(v):
     return "-" if v is None else f"{v:.3f}"
-
-
-def _floor_draws(metric, sampler, n, key, repeats, **kw):
-    """``repeats`` independent draws of ``metrics.floor`` (real vs real), as floats."""
-    return [
-        _val(metrics.floor(metric, sampler, n, key=jr.fold_in(key, r), **kw))
-        for r in range(repeats)
-    ]
 
 
 def write_summary(out, rows, floors, args, total):
@@ -467,7 +442,6 @@ def main(argv=None):
     cfg = args.cfg
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     key = jr.key(args.seed)
     rows, floors, histories, samples, tests, npz = [], {}, {}, {}, {}, {}
@@ -488,20 +462,15 @@ def main(argv=None):
         kde_bw = float(metrics.kde_log_likelihood(xte, real2)["bandwidth"])  # Scott, test set
         kdes = [metrics.kde_log_likelihood(xte, r, bandwidth=kde_bw) for r in reals]
         mmd_bw = float(metrics.mmd(xte, real2, args.mmd_bandwidth or None).bandwidth)
-        kf1, kf2 = jr.split(k_floor)
-        w2s = _floor_draws(metrics.wasserstein, sampler, n, kf1, cfg["floor_repeats"])
-        mmds = _floor_draws(metrics.mmd, sampler, n, kf2, cfg["floor_repeats"], bandwidth=mmd_bw)
         floors[dname] = dict(
             {m: float(np.mean([k[m] for k in kdes])) for m in ("M1", "M2", "M3", "M4")},
             M2_sd=float(np.std([k["M2"] for k in kdes])),
             M4_sd=float(np.std([k["M4"] for k in kdes])),
             kde_bandwidth=kde_bw,
             mmd_bandwidth=mmd_bw,
-            w2=float(np.mean(w2s)),
-            w2_sd=float(np.std(w2s)),
-            mmd=float(np.mean(mmds)),
-            mmd_sd=float(np.std(mmds)),
-            repeats=cfg["floor_repeats"],
+            **_common.floors(
+                sampler, n, key=k_floor, bandwidth=mmd_bw, repeats=cfg["floor_repeats"]
+            ),
         )
         f = floors[dname]
         print(
@@ -517,10 +486,11 @@ def main(argv=None):
             km, kt = jr.split(jr.fold_in(k_models, mi))
             model = make_model(mname, km)
             tag = "quick" if args.quick else "full"
-            ckpt = args.checkpoints / f"{tag}_{dname}_{mname}_s{args.seed}.eqx"
             tc = train_config(mname, cfg)
             print(f"training {mname} on {dname}: {tc['num_steps']} steps, batch {tc['batch_size']}")
-            res = train.fit(
+            res = _common.fit(
+                args,
+                f"{tag}_{dname}_{mname}_s{args.seed}.eqx",
                 model,
                 make_loss(mname, args),
                 ztr,
@@ -528,9 +498,7 @@ def main(argv=None):
                 key=kt,
                 val_data=zte,
                 val_every=cfg["val_every"],
-                checkpoint=ckpt,
                 checkpoint_every=cfg["val_every"],
-                resume=args.resume,
                 **tc,
             )
             h = {k: np.asarray(v) for k, v in res.history.items()}
@@ -542,6 +510,7 @@ def main(argv=None):
             sample_s = time.perf_counter() - t0
             x = z * sd + mu
             kde = metrics.kde_log_likelihood(xte, x, bandwidth=kde_bw)
+            w2, mmd = _common.score(x, xte, mmd_bw)
             row = dict(
                 dataset=dname,
                 model=mname,
@@ -551,8 +520,8 @@ def main(argv=None):
                 sample_seconds=sample_s,
                 nfe=int(nfe),
                 best_test_loss=float(np.min(h["val_loss"])) if len(h["val_loss"]) else float("nan"),
-                w2=float(metrics.wasserstein(x, xte)),
-                mmd=_val(metrics.mmd(x, xte, mmd_bw)),
+                w2=w2,
+                mmd=mmd,
                 **{m: float(kde[m]) for m in ("M1", "M2", "M3", "M4")},
             )
             row["w2_over_floor"] = row["w2"] / f["w2"]

@@ -15,7 +15,6 @@ the midpoint method (2 NFE per step), plus an adaptive Tsit5 reference; linear a
 Run ``python experiments/flow_matching_2d.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
 
-import argparse
 import json
 import pathlib
 import sys
@@ -24,6 +23,8 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -35,7 +36,6 @@ from diffeqgen import data, groundtruth, losses, metrics, nn, paths, solve, trai
 from diffeqgen._checks import check_choice, check_int  # noqa: E402
 
 STUDY = "flow_matching_2d"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEDULES = ("linear", "cosine", "polynomial")
 FIXED_SOLVERS = ("euler", "midpoint", "heun", "rk4")
 SNAP_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -65,37 +65,8 @@ QUICK = dict(
 )
 
 
-def floors_of(sampler, n, key, bandwidth, reps):
-    """W2 and MMD^2 floors (metrics.floor), averaged over ``reps`` independent pairs of sets."""
-    keys = jr.split(key, reps)
-    w2 = [metrics.floor(metrics.wasserstein, sampler, n, key=k) for k in keys]
-    mmd = [
-        float(metrics.floor(metrics.mmd, sampler, n, key=k, bandwidth=bandwidth).value)
-        for k in keys
-    ]
-    return dict(
-        w2=float(np.mean(w2)),
-        w2_std=float(np.std(w2)),
-        mmd=float(np.mean(mmd)),
-        mmd_std=float(np.std(mmd)),
-        reps=reps,
-    )
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run (< 1 min) for the tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / STUDY)
-    p.add_argument(
-        "--checkpoints",
-        type=pathlib.Path,
-        default=ROOT / "checkpoints" / STUDY,
-        help="folder for training checkpoints (gitignored)",
-    )
-    p.add_argument("--resume", action="store_true", help="resume training from the checkpoints")
+    p = _common.make_parser(__doc__, STUDY)
     p.add_argument("--dataset", default="mixture", help="2D dataset (diffeqgen.data.names())")
     p.add_argument(
         "--schedules",
@@ -135,10 +106,10 @@ def train_one(path_name, args, key):
     model_key, fit_key = jr.split(key)
     model = nn.MLP(2, 2, width=64, depth=4, key=model_key)
     loss = losses.get_loss("flow_matching", path=path)
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
-    ckpt = args.checkpoints / f"{args.dataset}_{path_name}.eqx"
     opt = train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"], warmup=200)
-    res = train.fit(
+    res = _common.fit(
+        args,
+        f"{args.dataset}_{path_name}.eqx",
         model,
         loss,
         data.sampler(args.dataset),
@@ -149,15 +120,9 @@ def train_one(path_name, args, key):
         steps_per_call=200,
         val_data=data.sampler(args.dataset),
         val_every=cfg["val_every"],
-        checkpoint=ckpt,
         checkpoint_every=cfg["checkpoint_every"],
-        resume=args.resume,
     )
     return path, res
-
-
-def score(x, real, bandwidth):
-    return metrics.wasserstein(x, real), float(metrics.mmd(x, real, bandwidth).value)
 
 
 def sample(field, x0, solver, steps=None, saveat=None):
@@ -409,7 +374,9 @@ def main(argv=None):
     n = cfg["n"]
     real = np.asarray(real_sampler(k_eval, n))
     bandwidth = metrics.median_bandwidth(real, real)
-    floors = floors_of(real_sampler, n, k_floor, bandwidth, cfg["floor_reps"])
+    floors = _common.floors_shared_keys(
+        real_sampler, n, key=k_floor, bandwidth=bandwidth, repeats=cfg["floor_reps"]
+    )
     print(
         f"floors at n = {n}: W2 {floors['w2']:.4f}, MMD^2 {floors['mmd']:.2e} "
         f"(bandwidth {bandwidth:.3f})"
@@ -450,7 +417,7 @@ def main(argv=None):
     for field, pname, solver, nt in tqdm(jobs, desc="sampling", file=sys.stdout):
         vf = fields[pname] if field == "network" else exact[pname]
         sol, x, secs = sample(vf, x0, solver, steps=nt)
-        w2, mmd = score(x, real, bandwidth)
+        w2, mmd = _common.score(x, real, bandwidth)
         rows.append(
             dict(
                 field=field,
@@ -561,12 +528,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the last checkpoint is kept (see --checkpoints); rerun with --resume "
-            "to continue training from it",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    _common.run_interruptible(main)

@@ -18,7 +18,6 @@ loss. Time convention: t = 0 noise, t = 1 data.
 Run ``python experiments/score_sde_2d.py`` (about 5-6 minutes on 2 busy CPU cores) or ``--quick``.
 """
 
-import argparse
 import functools
 import json
 import pathlib
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")
+sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -40,7 +41,6 @@ from diffeqgen import data, losses, metrics, nn, paths, sdes, solve, train  # no
 from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E402
 
 STUDY = "score_sde_2d"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "dog"
 DIFFUSION_PATHS = ("vp", "ve_t", "ve", "subvp")
 KINDS = ("denoiser", "eps", "score")
@@ -91,19 +91,7 @@ class Spec:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run (< 1 min) for the tests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / STUDY)
-    p.add_argument(
-        "--checkpoints",
-        type=pathlib.Path,
-        default=ROOT / "checkpoints" / STUDY,
-        help="folder for training checkpoints (gitignored)",
-    )
-    p.add_argument("--resume", action="store_true", help="resume training from the checkpoints")
+    p = _common.make_parser(__doc__, STUDY)
     p.add_argument(
         "--paths",
         default=None,
@@ -216,9 +204,9 @@ def train_model(spec, cfg, args, key, val):
     model_key, train_key = jr.split(key)
     model = nn.MLP(2, 2, width=cfg["width"], depth=cfg["depth"], key=model_key)
     tag = "quick" if args.quick else "full"
-    args.checkpoints.mkdir(parents=True, exist_ok=True)
-    ckpt = args.checkpoints / f"{tag}_{spec.path_name}_{spec.kind}_s{args.seed}.eqx"
-    res = train.fit(
+    res = _common.fit(
+        args,
+        f"{tag}_{spec.path_name}_{spec.kind}_s{args.seed}.eqx",
         model,
         spec.loss,
         dog,
@@ -228,9 +216,7 @@ def train_model(spec, cfg, args, key, val):
         batch_size=cfg["batch"],
         val_data=val,
         val_every=cfg["val_every"],
-        checkpoint=ckpt,
         checkpoint_every=cfg["val_every"],
-        resume=args.resume,
     )
     return res
 
@@ -291,18 +277,6 @@ def samplers_for(spec, model, cfg, args):
 
 def _adaptive(field, solver, t0, t1, rtol, atol, k, x0):
     return solve.sample_ode(field, x0, t0=t0, t1=t1, solver=solver, rtol=rtol, atol=atol)
-
-
-def mmd_value(x, y, bandwidth):
-    r = metrics.mmd(x, y, bandwidth)
-    return float(getattr(r, "value", r))
-
-
-def floor_value(r):
-    """metrics.floor may return a float, a result with .value, or a (mean, std) pair."""
-    if isinstance(r, tuple | list):
-        r = r[0]
-    return float(getattr(r, "value", r))
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -515,24 +489,9 @@ def main(argv=None):
     moments = dog(jr.fold_in(k_val, 1), 10_000)  # training-distribution draws, for the prior
     mu, var = moments.mean(0), moments.var(0)
     bandwidth = float(metrics.mmd(real, dog(k_floor, n), args.mmd_bandwidth or None).bandwidth)
-    kf1, kf2 = jr.split(k_floor)
     # Floors: the metrics between independent real sets of n, mean and sd over a few draws.
     reps = cfg["floor_repeats"]
-    w2s = [
-        floor_value(metrics.floor(metrics.wasserstein, dog, n, key=jr.fold_in(kf1, r)))
-        for r in range(reps)
-    ]
-    mmds = [
-        floor_value(metrics.floor(metrics.mmd, dog, n, key=jr.fold_in(kf2, r), bandwidth=bandwidth))
-        for r in range(reps)
-    ]
-    floors = {
-        "w2": float(np.mean(w2s)),
-        "w2_sd": float(np.std(w2s)),
-        "mmd": float(np.mean(mmds)),
-        "mmd_sd": float(np.std(mmds)),
-        "repeats": reps,
-    }
+    floors = _common.floors(dog, n, key=k_floor, bandwidth=bandwidth, repeats=reps)
     print(
         f"floors at n={n} (mean of {reps}): W2 {floors['w2']:.4f} +- {floors['w2_sd']:.4f}, "
         f"MMD {floors['mmd']:.5f} +- {floors['mmd_sd']:.5f} (bw {bandwidth:.4f})"
@@ -555,8 +514,7 @@ def main(argv=None):
             x = np.asarray(sol.x)
             if not np.all(np.isfinite(x)):
                 print(f"  {sname}: non-finite samples", file=sys.stderr)
-            w2 = float(metrics.wasserstein(jnp.asarray(x), real))
-            mm = mmd_value(jnp.asarray(x), real, bandwidth)
+            w2, mm = _common.score(jnp.asarray(x), real, bandwidth)
             row = dict(
                 model=spec.name,
                 path=spec.path_name,
