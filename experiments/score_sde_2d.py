@@ -584,4 +584,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _common.run_interruptible(main)

@@ -1,3 +1,5 @@
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,3 +32,20 @@ def run_script(path, *args, timeout=300):
 
 
 __all__ = ["tree_allclose", "run_script", "jnp"]
+
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def run_ok(script, *args, timeout=300):
+    """Run a script like ``run_script`` and assert it succeeded, showing its output if not."""
+    r = run_script(script, *args, timeout=timeout)
+    assert r.returncode == 0, f"{script.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def is_finite_number(x) -> bool:
+    """True for a Python int or float that is finite (what a metrics.json value should be)."""
+    import math
+
+    return isinstance(x, int | float) and math.isfinite(x)

@@ -1,26 +1,16 @@
 """End-to-end tests of the diffusion studies: score_sde_2d and dsm_vs_ddpm (quick mode)."""
 
 import json
-import math
-import pathlib
 
 import numpy as np
 import pytest
+from helpers import EXPERIMENTS as EXP
+from helpers import is_finite_number as _finite
+from helpers import run_ok as _run
 from helpers import run_script
 
-EXP = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 SCORE_SDE = EXP / "score_sde_2d.py"
 DSM_DDPM = EXP / "dsm_vs_ddpm.py"
-
-
-def _run(script, *args, timeout=300):
-    r = run_script(script, *args, timeout=timeout)
-    assert r.returncode == 0, f"{script.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
-
-
-def _finite(x):
-    return isinstance(x, int | float) and math.isfinite(x)
 
 
 @pytest.mark.slow

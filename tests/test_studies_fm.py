@@ -1,26 +1,16 @@
 """End-to-end tests of the flow-matching studies: flow_matching_2d and cat_to_dog (quick mode)."""
 
 import json
-import math
-import pathlib
 
 import numpy as np
 import pytest
+from helpers import EXPERIMENTS as EXP
+from helpers import is_finite_number as _finite
+from helpers import run_ok as _run
 from helpers import run_script
 
-EXP = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FM2D = EXP / "flow_matching_2d.py"
 CAT_DOG = EXP / "cat_to_dog.py"
-
-
-def _run(script, *args, timeout=300):
-    r = run_script(script, *args, timeout=timeout)
-    assert r.returncode == 0, f"{script.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
-
-
-def _finite(x):
-    return isinstance(x, int | float) and math.isfinite(x)
 
 
 def _check_common(out, m):
