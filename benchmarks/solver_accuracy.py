@@ -63,35 +63,23 @@ def parse_args(argv=None):
 
 def likelihood_study(field, mixture, x, steps_list, tols):
     exact = np.asarray(mixture.log_prob(x))
+    configs = [(name, "fixed", dict(steps=steps)) for name in FIXED_SOLVERS for steps in steps_list]
+    configs += [(name, "adaptive", dict(tol=tol)) for name in ADAPTIVE_SOLVERS for tol in tols]
     rows = []
-    for name in FIXED_SOLVERS:
-        for steps in steps_list:
-            lp, nfe = cnf.log_prob(field, x, solver=name, steps=steps)
-            err = np.abs(np.asarray(lp) - exact)
-            rows.append(
-                dict(
-                    solver=name,
-                    mode="fixed",
-                    steps=steps,
-                    nfe=int(nfe),
-                    max_err=float(err.max()),
-                    mean_err=float(err.mean()),
-                )
+    for name, mode, knob in configs:
+        solve_kw = knob if mode == "fixed" else dict(rtol=knob["tol"], atol=knob["tol"])
+        lp, nfe = cnf.log_prob(field, x, solver=name, **solve_kw)
+        err = np.abs(np.asarray(lp) - exact)
+        rows.append(
+            dict(
+                solver=name,
+                mode=mode,
+                **knob,
+                nfe=int(nfe),
+                max_err=float(err.max()),
+                mean_err=float(err.mean()),
             )
-    for name in ADAPTIVE_SOLVERS:
-        for tol in tols:
-            lp, nfe = cnf.log_prob(field, x, solver=name, rtol=tol, atol=tol)
-            err = np.abs(np.asarray(lp) - exact)
-            rows.append(
-                dict(
-                    solver=name,
-                    mode="adaptive",
-                    tol=tol,
-                    nfe=int(nfe),
-                    max_err=float(err.max()),
-                    mean_err=float(err.mean()),
-                )
-            )
+        )
     return rows
 
 
