@@ -2,7 +2,16 @@
 
 Fix the configuration with ``functools.partial`` (or :func:`get_loss`, which also validates it
 eagerly) and hand the result to ``diffeqgen.train.fit``. The model is called on ONE sample,
-``model(t, x)`` (Diffrax convention, ``x`` of shape ``event``), and vmapped over the batch.
+``model(t, x, args)`` (Diffrax convention, ``x`` of shape ``event``), and vmapped over the batch;
+``args`` is the sample's condition (``None`` without one).
+
+Batches and conditioning: ``batch`` is an array ``(n, *event)``, a pair ``(x, cond)`` or a dict
+``{"x": x, "cond": cond}`` where ``cond`` is any pytree whose leaves have leading axis ``n``
+(:func:`split_batch`). The model then sees ``model(t, x_i, cond_i)``. For classifier-free
+guidance every loss takes ``cond_dropout=p`` and ``null_cond=c``: each sample's condition is
+replaced by ``c`` with probability ``p`` (a separate key, so ``p = 0`` changes nothing), which
+trains the unconditional model ``f(t, x, c)`` alongside the conditional one; sample with
+``diffeqgen.solve.guided``.
 
 Time convention: t = 0 noise/source, t = 1 data. On a Gaussian path
 ``x_t = alpha(t) x1 + sigma(t) eps`` with t ~ U[path.t_min, path.t_max] (the path's endpoint
@@ -15,7 +24,7 @@ the formulas in the texts; it is not divided by the dimension.
 Which network each loss trains (the ``kind`` to give ``paths.as_vector_field``/``as_score``):
 
 =====================  ==========================================  =========================
-loss                   target of ``model(t, x_t)``                 kind
+loss                   target of ``model(t, x_t, cond)``           kind
 =====================  ==========================================  =========================
 flow_matching_loss     u_t(x_t | x1) = alpha' x1 + sigma' eps      "velocity"
 score_matching_loss    grad log p_t(x_t | x1) = -eps / sigma       "score"
@@ -42,6 +51,7 @@ from ._checks import check_choice, check_int, check_positive
 from ._ot import ot_pairing
 
 __all__ = [
+    "split_batch",
     "flow_matching_loss",
     "score_matching_loss",
     "denoiser_loss",
@@ -80,8 +90,98 @@ def _sqnorm(a: Array) -> Array:
     return jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)
 
 
-def _apply(model: Model, t: Array, x: Array) -> Array:
-    return jax.vmap(model)(t, x)
+SIGNATURE_HINT = (
+    "every model is called as model(t, x, args) on ONE sample (Diffrax convention; args is the "
+    "sample's condition or None); wrap a network that takes only (t, x) or one input as "
+    "diffeqgen.nn.time_concat(net)"
+)
+
+
+def _apply(model: Model, t: Array, x: Array, cond: Any = None) -> Array:
+    """``model(t_i, x_i, cond_i)`` for every sample (``cond`` None: ``model(t_i, x_i, None)``)."""
+    try:
+        if cond is None:
+            return jax.vmap(lambda ti, xi: model(ti, xi, None))(t, x)
+        return jax.vmap(model)(t, x, cond)
+    except TypeError as e:
+        if "positional argument" not in str(e):
+            raise
+        raise TypeError(f"calling the model failed ({e}): {SIGNATURE_HINT}") from e
+
+
+def split_batch(batch: Any) -> tuple[Array, Any]:
+    """Split a training batch into data ``x`` ``(n, *event)`` and per-sample condition ``cond``.
+
+    Accepted forms: an array ``x`` (``cond`` is ``None``); a pair ``(x, cond)``; a dict with key
+    ``"x"`` and optional key ``"cond"``. ``cond`` may be any pytree whose leaves all have leading
+    axis ``n`` (class labels ``(n,)``, vectors ``(n, k)``, ...).
+
+    Raises:
+        TypeError: the batch has none of these forms.
+        ValueError: a condition leaf's leading axis differs from ``x``'s.
+    """
+    if isinstance(batch, dict):
+        extra = set(batch) - {"x", "cond"}
+        if "x" not in batch or extra:
+            raise TypeError(
+                f'a dict batch must have key "x" and optionally "cond", got keys {sorted(batch)}'
+            )
+        x, cond = batch["x"], batch.get("cond")
+    elif isinstance(batch, tuple | list):
+        if len(batch) != 2:
+            raise TypeError(
+                f"a tuple batch must be (x, cond), got a {type(batch).__name__} of length "
+                f"{len(batch)}"
+            )
+        x, cond = batch
+    else:
+        x, cond = batch, None
+    if not hasattr(x, "shape") or len(x.shape) < 1:
+        raise TypeError(f"batch data x must be an array (n, *event), got {type(x).__name__}")
+    n = x.shape[0]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+        shape = getattr(leaf, "shape", ())
+        if len(shape) < 1 or shape[0] != n:
+            raise ValueError(
+                f"every leaf of the batch condition must have leading axis n={n} like x "
+                f"{tuple(x.shape)}; cond{jax.tree_util.keystr(path)} has shape {tuple(shape)}"
+            )
+    return x, cond
+
+
+def _drop_cond(key: PRNGKeyArray, cond: Any, n: int, p: float, null: Any) -> Any:
+    """Replace each sample's condition by ``null`` with probability ``p`` (classifier-free)."""
+    if p == 0.0:
+        return cond
+    if cond is None:
+        raise ValueError(f"cond_dropout={p} needs a conditioned batch (x, cond); got a bare array")
+    if null is None:
+        raise ValueError(
+            f"cond_dropout={p} needs null_cond=<the condition meaning 'none'> (for "
+            "diffeqgen.nn.MLP(num_classes=K) the null label is K)"
+        )
+    drop = jr.bernoulli(jr.fold_in(key, 0x5EED), p, (n,))
+
+    def one(c, z):
+        z = jnp.broadcast_to(jnp.asarray(z, c.dtype), c.shape[1:])
+        return jnp.where(drop.reshape((n,) + (1,) * (c.ndim - 1)), z, c)
+
+    if jax.tree_util.tree_structure(null) == jax.tree_util.tree_structure(cond):
+        return jax.tree_util.tree_map(one, cond, null)
+    return jax.tree_util.tree_map(lambda c: one(c, null), cond)
+
+
+def _prepare(key: PRNGKeyArray, batch: Any, cond_dropout, null_cond) -> tuple[Array, Any]:
+    """(x, cond) of a batch, with the classifier-free label dropout applied."""
+    p = check_positive("cond_dropout", cond_dropout, allow_zero=True)
+    if p >= 1.0:
+        raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout!r}")
+    x, cond = split_batch(batch)
+    return x, _drop_cond(key, cond, x.shape[0], p, null_cond)
+
+
+def _take(cond: Any, idx: Array) -> Any:
+    return jax.tree_util.tree_map(lambda c: c[idx], cond)
 
 
 def _path_sample(path, key: PRNGKeyArray, x1: Array):
@@ -103,7 +203,13 @@ def _bcast(s: Array, x: Array) -> Array:
 
 
 def flow_matching_loss(
-    model: Model, key: PRNGKeyArray, x1: Float[Array, " n *event"], *, path: Any
+    model: Model,
+    key: PRNGKeyArray,
+    batch: Any,
+    *,
+    path: Any,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Conditional flow matching (text 002, Algorithm 1) on a Gaussian path.
 
@@ -112,27 +218,32 @@ def flow_matching_loss(
     (``path.cond_velocity_on_path``). Its minimiser is the marginal velocity field.
 
     Args:
-        model: velocity network ``model(t, x) -> (event)``.
+        model: velocity network ``model(t, x, args) -> (event)`` on one sample.
         key: PRNG key (t and eps).
-        x1: data batch ``(n, *event)``.
+        batch: data ``x1`` ``(n, *event)``, or ``(x1, cond)`` (see :func:`split_batch`).
         path: a ``GaussianPath`` or a name for ``paths.get_path``.
+        cond_dropout: probability of replacing a sample's condition by ``null_cond``.
+        null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
 
     Returns:
         Scalar loss.
     """
     path = _resolve_path(path)
+    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
     t, eps, xt = _path_sample(path, key, x1)
     target = jax.vmap(path.cond_velocity_on_path)(x1, eps, t)
-    return jnp.mean(_sqnorm(_apply(model, t, xt) - target))
+    return jnp.mean(_sqnorm(_apply(model, t, xt, cond) - target))
 
 
 def score_matching_loss(
     model: Model,
     key: PRNGKeyArray,
-    x1: Float[Array, " n *event"],
+    batch: Any,
     *,
     path: Any,
     weighting: str = "sigma2",
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Conditional (denoising) score matching on a Gaussian path (text 002, Q5a).
 
@@ -144,8 +255,9 @@ def score_matching_loss(
     """
     check_choice("weighting", weighting, SCORE_WEIGHTINGS)
     path = _resolve_path(path)
+    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
     t, eps, xt = _path_sample(path, key, x1)
-    pred = _apply(model, t, xt)
+    pred = _apply(model, t, xt, cond)
     if weighting == "sigma2":
         sig = _bcast(_vmap_scalar(path.sigma, t), x1)
         return jnp.mean(_sqnorm(sig * pred + eps))
@@ -154,7 +266,13 @@ def score_matching_loss(
 
 
 def denoiser_loss(
-    model: Model, key: PRNGKeyArray, x1: Float[Array, " n *event"], *, path: Any
+    model: Model,
+    key: PRNGKeyArray,
+    batch: Any,
+    *,
+    path: Any,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Denoiser (x0-prediction) objective, text 001 eqs. (3)-(5): L = E || D(t, x_t) - x1 ||^2.
 
@@ -162,26 +280,36 @@ def denoiser_loss(
     (alpha D - x) / sigma^2 (``paths.convert`` / ``as_score(..., kind="denoiser")``).
     """
     path = _resolve_path(path)
+    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
     t, _, xt = _path_sample(path, key, x1)
-    return jnp.mean(_sqnorm(_apply(model, t, xt) - x1))
+    return jnp.mean(_sqnorm(_apply(model, t, xt, cond) - x1))
 
 
 def eps_loss(
-    model: Model, key: PRNGKeyArray, x1: Float[Array, " n *event"], *, path: Any
+    model: Model,
+    key: PRNGKeyArray,
+    batch: Any,
+    *,
+    path: Any,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Continuous-time noise prediction: L = E || eps_hat(t, x_t) - eps ||^2 on a Gaussian path."""
     path = _resolve_path(path)
+    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
     t, eps, xt = _path_sample(path, key, x1)
-    return jnp.mean(_sqnorm(_apply(model, t, xt) - eps))
+    return jnp.mean(_sqnorm(_apply(model, t, xt, cond) - eps))
 
 
 def dsm_loss(
     model: Model,
     key: PRNGKeyArray,
-    x: Float[Array, " n *event"],
+    batch: Any,
     *,
     sigma: float | int = 0.1,
     k: int = 20,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Single-noise-level denoising score matching with k draws per point (text 004, eq. 1).
 
@@ -190,25 +318,29 @@ def dsm_loss(
     mean_ij || f(x~_ij) + w_ij / sigma ||^2. The minimiser is the score of the data convolved with
     N(0, sigma^2 I); the k draws only reduce the variance of the estimate.
 
-    The score network is noise-conditional by convention: it is called as ``model(sigma, x~)``
+    The score network is noise-conditional by convention: it is called as ``model(sigma, x~, cond)``
     (``t`` carries the noise level, a constant here, so a time-conditioned MLP simply sees one
-    value). Sample it with Langevin dynamics using ``lambda t, x, args: model(sigma, x)``.
+    value). Sample it with Langevin dynamics using ``lambda t, x, args: model(sigma, x, args)``.
 
     Args:
-        model: score network ``model(sigma, x) -> (event)``.
+        model: score network ``model(sigma, x, args) -> (event)``.
         key: PRNG key.
-        x: data batch ``(n, *event)``.
+        batch: data ``(n, *event)`` or ``(x, cond)`` (see :func:`split_batch`).
         sigma: noise standard deviation (> 0).
         k: noise draws per data point (>= 1).
+        cond_dropout: probability of replacing a sample's condition by ``null_cond``.
+        null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
     """
     sigma = check_positive("sigma", sigma)
     k = check_int("k", k, minimum=1)
+    x, cond = _prepare(key, batch, cond_dropout, null_cond)
     n = x.shape[0]
     w = jr.normal(key, (n, k, *x.shape[1:]), x.dtype)
     xt = (x[:, None] + sigma * w).reshape(n * k, *x.shape[1:])
     w = w.reshape(n * k, *x.shape[1:])
     s = jnp.full((n * k,), sigma, x.dtype)
-    return jnp.mean(_sqnorm(_apply(model, s, xt) + w / sigma))
+    cond = None if cond is None else _take(cond, jnp.repeat(jnp.arange(n), k))
+    return jnp.mean(_sqnorm(_apply(model, s, xt, cond) + w / sigma))
 
 
 def _check_sigmas(sigmas) -> np.ndarray:
@@ -226,46 +358,59 @@ def _check_sigmas(sigmas) -> np.ndarray:
 def ncsm_loss(
     model: Model,
     key: PRNGKeyArray,
-    x: Float[Array, " n *event"],
+    batch: Any,
     *,
     sigmas: Any = (1.0, 0.5, 0.25, 0.1, 0.05),
     k: int = 1,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Noise-conditional (multi-sigma) denoising score matching with lambda(sigma) = sigma^2.
 
     Each point draws a level sigma uniformly from ``sigmas`` and k noise draws;
     L = mean sigma^2 || s(sigma, x~) + w / sigma ||^2 = mean || sigma s(sigma, x~) + w ||^2, so each
     level contributes O(1) (Song and Ermon's weighting). The network is called as
-    ``model(sigma, x~)``; anneal sigma from large to small in Langevin sampling.
+    ``model(sigma, x~, cond)``; anneal sigma from large to small in Langevin sampling.
     """
-    sig = jnp.asarray(_check_sigmas(sigmas), dtype=x.dtype)
     k = check_int("k", k, minimum=1)
+    x, cond = _prepare(key, batch, cond_dropout, null_cond)
+    sig = jnp.asarray(_check_sigmas(sigmas), dtype=x.dtype)
     n = x.shape[0]
     idx_key, w_key = jr.split(key)
     s = jnp.repeat(sig[jr.randint(idx_key, (n,), 0, sig.size)], k)
     w = jr.normal(w_key, (n * k, *x.shape[1:]), x.dtype)
     xt = jnp.repeat(x, k, axis=0) + _bcast(s, w) * w
-    return jnp.mean(_sqnorm(_bcast(s, w) * _apply(model, s, xt) + w))
+    cond = None if cond is None else _take(cond, jnp.repeat(jnp.arange(n), k))
+    return jnp.mean(_sqnorm(_bcast(s, w) * _apply(model, s, xt, cond) + w))
 
 
 def ddpm_loss(
-    model: Model, key: PRNGKeyArray, x0: Float[Array, " n *event"], *, schedule: Any
+    model: Model,
+    key: PRNGKeyArray,
+    batch: Any,
+    *,
+    schedule: Any,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """DDPM epsilon prediction (text 004, Algorithm 1), discrete steps.
 
     k ~ U{1, ..., T}, x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps, L = E || eps_hat - eps ||^2
     (text 004 writes sqrt(alpha_t) x0, a typo for sqrt(abar_t)). The network sees our time
-    convention, t_k = 1 - k / T (k = T is pure noise at t = 0): ``model(t_k, x_k)``.
+    convention, t_k = 1 - k / T (k = T is pure noise at t = 0): ``model(t_k, x_k, cond)``.
     ``x0`` is the clean data (DDPM's naming; it is x1 in our time convention).
 
     Args:
-        model: noise-prediction network ``model(t_k, x_k) -> (event)``.
+        model: noise-prediction network ``model(t_k, x_k, args) -> (event)``.
         key: PRNG key (steps and noise).
-        x0: clean data batch ``(n, *event)``.
+        batch: clean data ``x0`` ``(n, *event)`` or ``(x0, cond)`` (see :func:`split_batch`).
         schedule: a ``paths.DDPMSchedule`` (``num_steps`` T and ``alpha_bars`` of length T,
             ``alpha_bars[k - 1]`` for step k).
+        cond_dropout: probability of replacing a sample's condition by ``null_cond``.
+        null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
     """
     T = check_int("schedule.num_steps", int(schedule.num_steps), minimum=1)
+    x0, cond = _prepare(key, batch, cond_dropout, null_cond)
     abar = jnp.asarray(schedule.alpha_bars, x0.dtype).reshape(-1)
     if abar.shape[0] != T:
         raise ValueError(
@@ -278,7 +423,7 @@ def ddpm_loss(
     eps = jr.normal(eps_key, x0.shape, x0.dtype)
     xk = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
     t = schedule.time(k).astype(x0.dtype)
-    return jnp.mean(_sqnorm(_apply(model, t, xk) - eps))
+    return jnp.mean(_sqnorm(_apply(model, t, xk, cond) - eps))
 
 
 def _draw_source(source, key: PRNGKeyArray, n: int, like: Array) -> Array:
@@ -299,12 +444,14 @@ def _draw_source(source, key: PRNGKeyArray, n: int, like: Array) -> Array:
 def interpolant_loss(
     model: Model,
     key: PRNGKeyArray,
-    batch: Float[Array, " n *event"],
+    batch: Any,
     *,
     source: Any,
     coupling: str = "independent",
     ot_epsilon: float | int = 0.01,
     ot_iters: int = 50,
+    cond_dropout: float | int = 0.0,
+    null_cond: Any = None,
 ) -> Scalar:
     """Data-to-data velocity matching on the straight interpolant (text 001, eq. 7).
 
@@ -325,29 +472,33 @@ def interpolant_loss(
     less, so the learned paths are straighter and need far fewer solver steps.
 
     Args:
-        model: velocity network ``model(t, x) -> (event)``.
+        model: velocity network ``model(t, x, args) -> (event)``.
         key: PRNG key.
-        batch: target samples ``(n, *event)``.
+        batch: target samples ``(n, *event)`` or ``(x1, cond)`` (see :func:`split_batch`);
+            the condition follows its target point through the OT re-pairing.
         source: a sampler ``(key, n) -> (n, *event)``, a dataset name for ``data.sample``, or an
             array ``(N, *event)`` drawn from uniformly with replacement.
         coupling: "independent" or "ot".
         ot_epsilon: Sinkhorn regulariser relative to the mean cost (> 0).
         ot_iters: Sinkhorn iterations (>= 1).
+        cond_dropout: probability of replacing a sample's condition by ``null_cond``.
+        null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
     """
     check_choice("coupling", coupling, COUPLINGS)
     ot_epsilon = check_positive("ot_epsilon", ot_epsilon)
     ot_iters = check_int("ot_iters", ot_iters, minimum=1)
-    n = batch.shape[0]
+    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
+    n = x1.shape[0]
     src_key, ot_key, t_key = jr.split(key, 3)
-    x1 = batch
     x0 = _draw_source(source, src_key, n, x1)
     if coupling == "ot":
         j = ot_pairing(ot_key, x0, x1, epsilon=ot_epsilon, num_iters=ot_iters)
         x1 = x1[j]
+        cond = None if cond is None else _take(cond, j)
     t = jr.uniform(t_key, (n,), x1.dtype)
     tb = _bcast(t, x1)
     xt = (1.0 - tb) * x0 + tb * x1
-    return jnp.mean(_sqnorm(_apply(model, t, xt) - (x1 - x0)))
+    return jnp.mean(_sqnorm(_apply(model, t, xt, cond) - (x1 - x0)))
 
 
 LOSSES = {
@@ -382,6 +533,12 @@ def get_loss(name: str, **config) -> Callable[[Model, PRNGKeyArray, Array], Scal
         _check_sigmas(config["sigmas"])
     if "k" in config:
         check_int("k", config["k"], minimum=1)
+    if config.get("cond_dropout", 0.0) != 0.0:
+        p = check_positive("cond_dropout", config["cond_dropout"])
+        if p >= 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {p!r}")
+        if config.get("null_cond") is None:
+            raise ValueError(f"cond_dropout={p} needs null_cond=<the 'no condition' value>")
     if "schedule" in config:
         check_int("schedule.num_steps", int(config["schedule"].num_steps), minimum=1)
     if name == "interpolant" and "source" not in config:

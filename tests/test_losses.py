@@ -29,7 +29,7 @@ def exact_model(path, kind, m=M, s=S):
     """E[target | x_t] for data N(m, s^2 I): closed form (p_t = N(alpha m, v I))."""
     m = jnp.asarray(m)
 
-    def f(t, x):
+    def f(t, x, args=None):
         a, sg, da, ds = _coef(path, t)
         v = a**2 * s**2 + sg**2
         r = x - a * m
@@ -117,7 +117,7 @@ def test_perturbation_costs_its_square(kind, key, x64):
     fn = LOSS_OF_KIND[kind]
     x = jnp.asarray(M) + S * jr.normal(jr.fold_in(key, 1), (200000, D), jnp.float64)
     base = fn(f, key, x, path=path)
-    pert = fn(lambda t, y: f(t, y) + delta, key, x, path=path)
+    pert = fn(lambda t, y, a: f(t, y) + delta, key, x, path=path)
     assert float(pert) > float(base)
     np.testing.assert_allclose(float(pert - base), float(delta @ delta), rtol=0.1)
 
@@ -126,15 +126,15 @@ def test_dsm_single_point_zero_and_gaussian_irreducible(key, x64):
     sigma, k = 0.3, 20
     m = jnp.asarray(M)
     point = jnp.tile(m, (64, 1))
-    exact0 = lambda s, x: -(x - m) / s**2  # noqa: E731  score of N(m, s^2 I)
+    exact0 = lambda s, x, a: -(x - m) / s**2  # noqa: E731  score of N(m, s^2 I)
     assert float(losses.dsm_loss(exact0, key, point, sigma=sigma, k=k)) < 1e-18
     # Gaussian data: smoothed density N(m, (S^2 + sigma^2) I); min = d S^2 / (sigma^2 (S^2+sigma^2))
-    exact = lambda s, x: -(x - m) / (S**2 + s**2)  # noqa: E731
+    exact = lambda s, x, a=None: -(x - m) / (S**2 + s**2)  # noqa: E731
     loss = jax.jit(functools.partial(losses.dsm_loss, exact, sigma=sigma, k=k))
     mean, se = _mc(loss, key, n=2000)
     expected = D * S**2 / (sigma**2 * (S**2 + sigma**2))
     assert abs(mean - expected) < 4 * se, (mean, expected, se)  # z-test, 4 standard errors
-    worse = functools.partial(losses.dsm_loss, lambda s, x: exact(s, x) + 0.5, sigma=sigma, k=k)
+    worse = functools.partial(losses.dsm_loss, lambda s, x, a: exact(s, x) + 0.5, sigma=sigma, k=k)
     assert _mc(jax.jit(worse), key, n=2000)[0] > mean + 0.4
 
 
@@ -142,7 +142,7 @@ def test_dsm_matches_text_004_formula(key, x64):
     # (1 / (n k sigma^4)) sum ||x~ + sigma^2 f(x~) - x||^2, written out with the same draws.
     sigma, k, n = 0.1, 5, 7
     x = jr.normal(jr.fold_in(key, 2), (n, D), jnp.float64)
-    f = lambda s, y: jnp.sin(y) * 3.0 - y  # noqa: E731
+    f = lambda s, y, a=None: jnp.sin(y) * 3.0 - y  # noqa: E731
     w = jr.normal(key, (n, k, D), jnp.float64)
     xt = x[:, None] + sigma * w
     direct = jnp.sum(
@@ -156,7 +156,7 @@ def test_dsm_matches_text_004_formula(key, x64):
 def test_ncsm_gaussian_irreducible(key, x64):
     sigmas = (1.0, 0.5, 0.2)
     m = jnp.asarray(M)
-    exact = lambda s, x: -(x - m) / (S**2 + s**2)  # noqa: E731
+    exact = lambda s, x, a: -(x - m) / (S**2 + s**2)  # noqa: E731
     loss = jax.jit(functools.partial(losses.ncsm_loss, exact, sigmas=sigmas))
     mean, se = _mc(loss, key)
     expected = np.mean([D * S**2 / (S**2 + s**2) for s in sigmas])
@@ -168,7 +168,7 @@ def test_ddpm_exact_eps_model(key, x64):
     m = jnp.asarray(M)
 
     def exact(s):
-        def f(t, x):
+        def f(t, x, args=None):
             ab = sched.alpha_bar(sched.step(t))
             return jnp.sqrt(1 - ab) / (ab * s**2 + 1 - ab) * (x - jnp.sqrt(ab) * m)
 
@@ -187,7 +187,7 @@ def test_interpolant_independent_gaussians(key, x64):
     # Source N(m0, s0^2 I), target N(m1, s1^2 I): E[x1 - x0 | x_t] is affine in x_t.
     m0, s0, m1, s1 = jnp.array([-2.0, 0.0]), 0.5, jnp.asarray(M), S
 
-    def exact(t, x):
+    def exact(t, x, args=None):
         v = (1 - t) ** 2 * s0**2 + t**2 * s1**2
         c = (t * s1**2 - (1 - t) * s0**2) / v
         return (m1 - m0) + c * (x - ((1 - t) * m0 + t * m1))
@@ -206,7 +206,7 @@ def test_interpolant_independent_gaussians(key, x64):
 @pytest.mark.parametrize("coupling", ["independent", "ot"])
 def test_interpolant_single_points_zero(coupling, key):
     x0, x1 = jnp.array([-1.0, 2.0]), jnp.array([3.0, 0.5])
-    const = lambda t, x: x1 - x0  # noqa: E731
+    const = lambda t, x, args: x1 - x0  # noqa: E731
     loss = losses.interpolant_loss(
         const, key, jnp.tile(x1, (32, 1)), source=jnp.tile(x0, (10, 1)), coupling=coupling
     )
@@ -218,7 +218,7 @@ def test_ot_coupling_straightens_a_translation(key):
     # (nearly) exact under minibatch OT and far from it under the independent coupling
     # (whose loss is E|x1 - x0 - b|^2 = 2 d for unit Gaussians).
     b = jnp.array([4.0, 1.0])
-    const = lambda t, x: b  # noqa: E731
+    const = lambda t, x, args: b  # noqa: E731
     src = lambda k, n: jr.normal(k, (n, D))  # noqa: E731
     x1 = b + jr.normal(jr.fold_in(key, 3), (256, D))
     ind = losses.interpolant_loss(const, key, x1, source=src, coupling="independent")
@@ -272,7 +272,7 @@ def test_gradient_shapes_and_jit(key):
 
 
 def test_validation_errors(key):
-    model = lambda t, x: x  # noqa: E731
+    model = lambda t, x, args: x  # noqa: E731
     x = jnp.ones((4, D))
     with pytest.raises(ValueError, match="unknown path 'bogus'.*linear"):
         losses.flow_matching_loss(model, key, x, path="bogus")

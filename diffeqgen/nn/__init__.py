@@ -1,11 +1,13 @@
 """Equinox networks: time embeddings and MLPs acting on one sample (Diffrax convention).
 
 Time-conditioned networks are called as ``net(t, x, args=None)`` with a scalar ``t`` (t = 0
-noise/source, t = 1 data) and one sample ``x``; vmap over a batch.
+noise/source, t = 1 data) and one sample ``x``; vmap over a batch. ``args`` carries the sample's
+condition (a class label or a vector, see ``MLP``). A plain Equinox network on one vector
+becomes such a field with ``time_concat(net)``.
 """
 
 from .embeddings import FourierEmbedding, SinusoidalEmbedding
-from .mlp import ACTIVATIONS, EMBEDDINGS, MLP, EnergyMLP
+from .mlp import ACTIVATIONS, EMBEDDINGS, MLP, EnergyMLP, TimeConcat, time_concat
 
 __all__ = [
     "ACTIVATIONS",
@@ -14,4 +16,6 @@ __all__ = [
     "SinusoidalEmbedding",
     "MLP",
     "EnergyMLP",
+    "TimeConcat",
+    "time_concat",
 ]

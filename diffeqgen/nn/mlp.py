@@ -12,7 +12,7 @@ from .._checks import check_choice, check_int
 from .._types import Array, Float, PRNGKeyArray, RealScalarLike
 from .embeddings import FourierEmbedding, SinusoidalEmbedding
 
-__all__ = ["ACTIVATIONS", "EMBEDDINGS", "MLP", "EnergyMLP"]
+__all__ = ["ACTIVATIONS", "EMBEDDINGS", "MLP", "EnergyMLP", "TimeConcat", "time_concat"]
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": jax.nn.silu,
@@ -55,7 +55,14 @@ class MLP(eqx.Module):
     a final linear layer to ``out_size``. Time convention: t = 0 noise/source, t = 1 data.
 
     Call as ``mlp(t, x, args=None)`` with scalar ``t`` and ``x`` of shape ``(in_size,)``; vmap
-    over a batch (``jax.vmap(mlp, in_axes=(None, 0))(t, xs)``).
+    over a batch (``jax.vmap(mlp, in_axes=(None, 0, None))(t, xs, None)``).
+
+    Conditioning (``args`` is the sample's condition, as the losses and samplers pass it):
+    with ``num_classes=K`` the network is class-conditional, ``args`` an integer label in
+    ``0..K`` whose learned embedding (size ``embed_dim``) joins the input; label ``K`` is the
+    null class of classifier-free guidance (``null_cond=K`` in the losses). With
+    ``cond_size=k``, ``args`` is a vector ``(k,)`` concatenated to the input. Without either,
+    ``args`` is ignored.
 
     Args:
         in_size: Size of ``x``.
@@ -64,15 +71,21 @@ class MLP(eqx.Module):
         depth: Number of hidden layers (>= 1).
         activation: One of `ACTIVATIONS` ("silu" default; smooth).
         embedding: "sinusoidal", "fourier" or "none".
-        embed_dim: Size of the time embedding (even, ignored for "none").
+        embed_dim: Size of the time embedding (even, ignored for "none") and of the class
+            embedding.
+        num_classes: Number of classes K for a class-conditional network (labels 0..K, K null).
+        cond_size: Size of a vector condition (exclusive with ``num_classes``).
         key: PRNG key for the weights (and the Fourier frequencies).
     """
 
     layers: tuple[eqx.nn.Linear, ...]
     embed: SinusoidalEmbedding | FourierEmbedding | None
+    label_embed: eqx.nn.Embedding | None
     in_size: int = eqx.field(static=True)
     out_size: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    num_classes: int | None = eqx.field(static=True)
+    cond_size: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -84,6 +97,8 @@ class MLP(eqx.Module):
         activation: str = "silu",
         embedding: str = "sinusoidal",
         embed_dim: int = 32,
+        num_classes: int | None = None,
+        cond_size: int | None = None,
         key: PRNGKeyArray,
     ):
         self.in_size = check_int("in_size", in_size)
@@ -103,18 +118,54 @@ class MLP(eqx.Module):
             else:
                 self.embed = FourierEmbedding(embed_dim, key=emb_key)
             embed_size = embed_dim
-        sizes = [self.in_size + embed_size] + [width] * depth + [self.out_size]
+        if num_classes is not None and cond_size is not None:
+            raise ValueError(
+                f"give num_classes or cond_size, not both (got {num_classes} and {cond_size})"
+            )
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
+        self.cond_size = None if cond_size is None else check_int("cond_size", cond_size)
+        cond_in = 0
+        self.label_embed = None
+        if self.num_classes is not None:
+            dim = check_int("embed_dim", embed_dim, minimum=1)
+            # fold_in keeps the other weights identical to an unconditional MLP of the same key
+            self.label_embed = eqx.nn.Embedding(self.num_classes + 1, dim, key=jr.fold_in(key, 7))
+            cond_in = dim
+        elif self.cond_size is not None:
+            cond_in = self.cond_size
+        sizes = [self.in_size + embed_size + cond_in] + [width] * depth + [self.out_size]
         self.layers = _hidden_layers(sizes, net_key)
+
+    def _condition(self, args, dtype) -> list[Array]:
+        if self.num_classes is not None:
+            if args is None:
+                raise ValueError(
+                    f"this MLP is class-conditional (num_classes={self.num_classes}): pass the "
+                    f"integer label (0..{self.num_classes}, {self.num_classes} = null) as args"
+                )
+            label = jnp.asarray(args)
+            if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
+                raise ValueError(
+                    f"args must be one integer class label (0-d int), got shape "
+                    f"{tuple(label.shape)} and dtype {label.dtype}"
+                )
+            return [self.label_embed(label).astype(dtype)]
+        if self.cond_size is not None:
+            if args is None:
+                raise ValueError(
+                    f"this MLP has cond_size={self.cond_size}: pass the condition vector as args"
+                )
+            return [_check_vector("args", args, self.cond_size).astype(dtype)]
+        return []
 
     def __call__(self, t: RealScalarLike, x: Float[Array, " d"], args=None) -> Float[Array, " out"]:
         """Evaluate at scalar time ``t`` on one sample ``x`` of shape ``(in_size,)``."""
-        del args
         x = _check_vector("x", x, self.in_size)
         t = jnp.asarray(t, dtype=x.dtype)
         if t.ndim != 0:
             raise ValueError(f"t must be a scalar (0-d), got an array of shape {tuple(t.shape)}")
         feat = t[None] if self.embed is None else self.embed(t).astype(x.dtype)
-        h = jnp.concatenate([x, feat])
+        h = jnp.concatenate([x, feat, *self._condition(args, x.dtype)])
         act = ACTIVATIONS[self.activation]
         for layer in self.layers[:-1]:
             h = act(layer(h))
@@ -170,3 +221,33 @@ class EnergyMLP(eqx.Module):
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
         """Score ``-grad_x E(x)`` of one sample, shape ``(in_size,)``."""
         return -jax.grad(self.energy)(x)
+
+
+class TimeConcat(eqx.Module):
+    """Adapter: a network on one input vector becomes a field ``f(t, x, args)``.
+
+    ``TimeConcat(net)(t, x, args) = net(concat([x, [t]]))`` (``args`` ignored), so a plain
+    ``eqx.nn.MLP(d + 1, d, width, depth, key=key)`` trains, samples and gives likelihoods like
+    any model of the package. Build it with :func:`time_concat`.
+    """
+
+    net: Callable
+
+    def __call__(self, t: RealScalarLike, x: Float[Array, " d"], args=None) -> Array:
+        """``net(concat([x, [t]]))`` on one sample ``x``."""
+        del args
+        x = jnp.asarray(x)
+        return self.net(jnp.concatenate([x.reshape(-1), jnp.asarray(t, x.dtype).reshape(1)]))
+
+
+def time_concat(net: Callable) -> TimeConcat:
+    """Wrap a network on one input vector as a field ``f(t, x, args)`` (see `TimeConcat`).
+
+    Example::
+
+        net = eqx.nn.MLP(in_size=3, out_size=2, width_size=64, depth=3, key=key)
+        field = dg.nn.time_concat(net)  # field(t, x, args) with x of shape (2,)
+    """
+    if not callable(net):
+        raise TypeError(f"net must be callable on one input vector, got {type(net).__name__}")
+    return TimeConcat(net)

@@ -1,0 +1,176 @@
+"""Conditioning through the one model signature f(t, x, args): batches, losses, networks."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import diffeqgen as dg
+from diffeqgen import losses
+
+MEANS = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # unit norm: one per class
+NULL = 3
+
+
+def point_masses(n, key):
+    """Class c puts all its mass on MEANS[c]: returns (x (n, 2), labels (n,))."""
+    labels = jr.randint(key, (n,), 0, 3)
+    return MEANS[labels], labels
+
+
+def oracle(t, x, c):
+    """Exact conditional denoiser of `point_masses`; 0 for the null label."""
+    return jnp.where(c == NULL, 0.0, 1.0) * MEANS[jnp.minimum(c, 2)]
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict", "list"])
+def test_split_batch_forms(form, key):
+    x, c = point_masses(5, key)
+    batch = {"tuple": (x, c), "dict": {"x": x, "cond": c}, "list": [x, c]}[form]
+    x2, c2 = losses.split_batch(batch)
+    assert x2 is x and c2 is c
+    assert losses.split_batch(x) == (x, None)
+    assert losses.split_batch({"x": x})[1] is None
+
+
+def test_split_batch_errors(key):
+    x, c = point_masses(5, key)
+    with pytest.raises(ValueError, match=r"leading axis n=5.*\(4,\)"):
+        losses.split_batch((x, c[:4]))
+    with pytest.raises(ValueError, match=r"cond\['a'\] has shape \(\)"):
+        losses.split_batch((x, {"a": jnp.array(1)}))
+    with pytest.raises(TypeError, match="must be \\(x, cond\\)"):
+        losses.split_batch((x, c, c))
+    with pytest.raises(TypeError, match='key "x"'):
+        losses.split_batch({"data": x})
+
+
+def test_condition_reaches_the_model_exactly(key):
+    # The oracle is exact given the right label: the denoiser loss is exactly 0, and positive
+    # with the labels shuffled (so the loss really uses the condition it was given).
+    x, c = point_masses(512, key)
+    assert float(losses.denoiser_loss(oracle, key, (x, c), path="linear")) == 0.0
+    wrong = jnp.roll(c, 1)
+    assert float(losses.denoiser_loss(oracle, key, (x, wrong), path="linear")) > 0.5
+
+
+LIN, VP, COS = (dg.paths.get_path(n) for n in ("linear", "vp", "cosine"))
+SCHED = dg.paths.DDPMSchedule(20)
+
+
+def _eps(path, t, xt, x1):
+    return (xt - path.alpha(t) * x1) / path.sigma(t)
+
+
+# For each loss, the model that is exact when told its sample's clean point x1 as the condition:
+# the loss is then 0 if and only if every sample sees its own condition (through the k-fold
+# noise repeats of DSM/NCSM and the OT re-pairing of the interpolant too).
+ORACLES = {
+    "flow_matching": (
+        dict(path=LIN),
+        lambda t, xt, c: LIN.d_alpha(t) * c + LIN.d_sigma(t) * _eps(LIN, t, xt, c),
+    ),
+    "score_matching": (dict(path=VP), lambda t, xt, c: -_eps(VP, t, xt, c) / VP.sigma(t)),
+    "eps": (dict(path=COS), lambda t, xt, c: _eps(COS, t, xt, c)),
+    "dsm": (dict(sigma=0.2, k=3), lambda s, xt, c: -(xt - c) / s**2),
+    "ncsm": (dict(sigmas=(1.0, 0.1), k=2), lambda s, xt, c: -(xt - c) / s**2),
+    "ddpm": (
+        dict(schedule=SCHED),
+        lambda t, xt, c: (lambda ab: (xt - jnp.sqrt(ab) * c) / jnp.sqrt(1 - ab))(
+            SCHED.alpha_bar(SCHED.step(t))
+        ),
+    ),
+    "interpolant": (
+        dict(source="gaussian", coupling="ot"),
+        lambda t, xt, c: (c - xt) / (1 - t),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_every_loss_passes_each_samples_condition(name, key, x64):
+    config, model = ORACLES[name]
+    x = jr.normal(key, (64, 2), jnp.float64)
+    loss = losses.get_loss(name, **config)
+    assert float(loss(model, key, (x, x))) < 1e-12
+    assert float(loss(model, key, {"x": x, "cond": jnp.roll(x, 1, axis=0)})) > 0.1
+
+
+def test_cond_dropout_rate_and_null(key):
+    # Oracle denoiser on point masses of unit norm: loss = fraction of dropped labels exactly.
+    n, p = 20000, 0.3
+    x, c = point_masses(n, key)
+    loss = losses.get_loss("denoiser", path="linear", cond_dropout=p, null_cond=NULL)
+    frac = float(loss(oracle, key, (x, c)))
+    se = np.sqrt(p * (1 - p) / n)
+    assert abs(frac - p) < 4 * se, (frac, p, se)  # binomial z-test at 4 sd
+    # p = 0 changes nothing: identical to the plain loss, bit for bit
+    plain = losses.flow_matching_loss(oracle, key, (x, c), path="linear")
+    zero = losses.flow_matching_loss(oracle, key, (x, c), path="linear", cond_dropout=0.0)
+    assert float(plain) == float(zero)
+
+
+def test_cond_dropout_errors(key):
+    x, c = point_masses(8, key)
+    with pytest.raises(ValueError, match="needs null_cond"):
+        losses.get_loss("denoiser", path="linear", cond_dropout=0.1)
+    with pytest.raises(ValueError, match=r"cond_dropout must be in \[0, 1\)"):
+        losses.denoiser_loss(oracle, key, (x, c), path="linear", cond_dropout=1.0, null_cond=3)
+    with pytest.raises(ValueError, match="needs a conditioned batch"):
+        losses.denoiser_loss(oracle, key, x, path="linear", cond_dropout=0.5, null_cond=3)
+
+
+def test_two_argument_model_gets_the_signature_error(key):
+    x = jr.normal(key, (8, 2))
+    with pytest.raises(TypeError, match=r"model\(t, x, args\).*time_concat"):
+        losses.flow_matching_loss(lambda t, x: x, key, x, path="linear")
+
+
+def test_mlp_class_conditioning(key):
+    mlp = dg.nn.MLP(2, 2, width=16, depth=2, num_classes=3, key=key)
+    x = jnp.ones(2)
+    outs = [mlp(0.5, x, jnp.array(k)) for k in range(4)]  # 3 classes and the null label
+    for i in range(4):
+        for j in range(i):
+            assert not np.allclose(outs[i], outs[j])
+    # the other weights equal those of an unconditional MLP of the same key
+    plain = dg.nn.MLP(2, 2, width=16, depth=2, key=key)
+    np.testing.assert_array_equal(mlp.layers[-1].weight, plain.layers[-1].weight)
+    with pytest.raises(ValueError, match="class-conditional.*pass the integer label"):
+        mlp(0.5, x, None)
+    with pytest.raises(ValueError, match="one integer class label"):
+        mlp(0.5, x, jnp.array(1.0))
+    vec = dg.nn.MLP(2, 2, width=8, depth=1, cond_size=4, key=key)
+    assert vec(0.1, x, jnp.ones(4)).shape == (2,)
+    with pytest.raises(ValueError, match=r"args must have shape \(4,\)"):
+        vec(0.1, x, jnp.ones(3))
+    with pytest.raises(ValueError, match="not both"):
+        dg.nn.MLP(2, 2, num_classes=3, cond_size=2, key=key)
+
+
+def test_time_concat_adapter_trains_and_samples(key):
+    # A plain eqx.nn.MLP through the documented one-line adapter: trains with fit, samples with
+    # sample_ode and gives a likelihood through cnf.log_prob, like any model of the package.
+    net = eqx.nn.MLP(3, 2, width_size=32, depth=2, activation=jax.nn.silu, key=key)
+    field = dg.nn.time_concat(net)
+    np.testing.assert_allclose(
+        field(0.25, jnp.array([1.0, 2.0]), None), net(jnp.array([1.0, 2.0, 0.25]))
+    )
+    shift = jnp.array([2.0, -1.0])
+    target = lambda k, n: shift + 0.5 * jr.normal(k, (n, 2))  # noqa: E731
+    result = dg.train.fit(
+        field,
+        losses.get_loss("flow_matching", path="linear"),
+        target,
+        optimizer=dg.train.make_optimizer(3e-3),
+        key=key,
+        num_steps=600,
+        batch_size=256,
+        progress=False,
+    )
+    sol = dg.solve.sample_ode(result.ema_model, jr.normal(key, (2000, 2)), solver="rk4", steps=10)
+    np.testing.assert_allclose(np.asarray(sol.x.mean(0)), shift, atol=0.15)
+    log_p, _ = dg.cnf.log_prob(result.ema_model, target(key, 200))
+    assert bool(jnp.all(jnp.isfinite(log_p)))
