@@ -16,6 +16,7 @@ import jax.random as jr
 
 from . import solve as _solve
 from ._checks import check_choice, check_int, check_positive
+from ._conditioning import in_axes, merge, one_sample
 from ._solvers import eager_fsal, evals_per_step
 from ._types import Array
 
@@ -43,7 +44,7 @@ class _Augmented(eqx.Module):
     batched: bool = eqx.field(static=True)
 
     def _one(self, t, z, user_args, probes):
-        fz, jvp = jax.linearize(lambda y: self.vector_field(t, y, user_args), z)
+        fz, jvp = jax.linearize(lambda y: self.vector_field(t, y, merge(user_args)), z)
         if self.trace == "exact":
             d = z.size
             basis = jnp.eye(d, dtype=z.dtype).reshape(d, *z.shape)
@@ -58,7 +59,8 @@ class _Augmented(eqx.Module):
         z, _ = state
         user_args, probes = args
         if self.batched:
-            return jax.vmap(self._one, in_axes=(None, 0, None, 0))(t, z, user_args, probes)
+            axes = (None, 0, in_axes(user_args), 0)
+            return jax.vmap(self._one, in_axes=axes)(t, z, user_args, probes)
         return self._one(t, z, user_args, probes)
 
 
@@ -82,7 +84,7 @@ def _integrate(
 ):
     """Solve the augmented ODE from t_start to t_end; return (z, delta, num_steps)."""
 
-    def run(z, delta, probes, batched):
+    def run(z, delta, probes, user_args, batched):
         term = diffrax.ODETerm(_Augmented(vector_field, trace, batched))
         sol = diffrax.diffeqsolve(
             term,
@@ -99,8 +101,11 @@ def _integrate(
         return sol.ys[0][0], sol.ys[1][0], sol.stats["num_steps"]
 
     if per_sample:
-        return jax.vmap(lambda z_, d_, p_: run(z_, d_, p_, False))(z, delta, probes)
-    z1, d1, steps = run(z, delta, probes, True)
+        axes = (0, 0, 0, in_axes(user_args))
+        return jax.vmap(lambda z_, d_, p_, a_: run(z_, d_, p_, a_, False), in_axes=axes)(
+            z, delta, probes, user_args
+        )
+    z1, d1, steps = run(z, delta, probes, user_args, True)
     return z1, d1, jnp.full(z.shape[:1], steps)
 
 
@@ -163,7 +168,9 @@ def _validate(
         )
     probe_x = jax.ShapeDtypeStruct(tuple(x_event_shape), dtype)
     try:
-        out = jax.eval_shape(lambda y: vector_field(jnp.asarray(t1, dtype), y, args), probe_x)
+        out = jax.eval_shape(
+            lambda y, a: vector_field(jnp.asarray(t1, dtype), y, a), probe_x, one_sample(args)
+        )
     except Exception as err:  # noqa: BLE001  (re-raised with the shapes the user needs)
         raise ValueError(
             f"vector_field(t, x, args) failed on one sample of shape {tuple(x_event_shape)}: "

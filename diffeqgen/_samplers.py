@@ -16,6 +16,8 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_nonnegative, check_positive
+from ._conditioning import batched as _batched
+from ._conditioning import pack
 from ._solvers import Solution, _as_drift_diffusion, _check_output, _check_times, _check_x0
 from ._types import RealScalarLike
 
@@ -26,10 +28,6 @@ __all__ = [
     "predictor_corrector",
     "annealed_langevin",
 ]
-
-
-def _batched(fn):
-    return jax.vmap(fn, in_axes=(None, 0, None))
 
 
 def _bcast(c, x):
@@ -74,6 +72,7 @@ def ddpm_sample(
     schedule,
     *,
     args: Any = None,
+    cond: Any = None,
 ) -> Solution:
     r"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with sigma_k^2 = beta_k.
 
@@ -85,13 +84,15 @@ def ddpm_sample(
         key: PRNG key for the ancestral noise.
         x_T: starting batch ``(n, *event)``, normally ``N(0, I)``.
         schedule: a ``diffeqgen.paths.DDPMSchedule``.
-        args: passed to ``eps_model``.
+        args: passed to ``eps_model`` (shared by every sample).
+        cond: optional per-sample condition (leading axis n), mapped with the samples.
 
     Returns:
         ``Solution`` with ``x`` (approximately data, step k = 0) and ``nfe = T``.
     """
     _check_schedule(schedule)
     x = _check_x0(x_T)
+    args = pack(args, cond, x.shape[0], "ddpm_sample")
     _check_output("eps_model", eps_model, 1.0, x, args)
     cast = lambda a: jnp.asarray(a, x.dtype)  # noqa: E731
     x = _ddpm_core(
@@ -134,6 +135,7 @@ def ddim_sample(
     eta: RealScalarLike = 0.0,
     key: PRNGKeyArray | None = None,
     args: Any = None,
+    cond: Any = None,
 ) -> Solution:
     r"""DDIM sampling (Song, Meng, Ermon 2021) on a subsequence of the DDPM steps.
 
@@ -151,7 +153,8 @@ def ddim_sample(
         steps: number of updates (network evaluations), 1..T; default T.
         eta: stochasticity, >= 0; needs ``key`` when > 0.
         key: PRNG key (only for eta > 0).
-        args: passed to ``eps_model``.
+        args: passed to ``eps_model`` (shared by every sample).
+        cond: optional per-sample condition (leading axis n), mapped with the samples.
 
     Returns:
         ``Solution`` with ``x`` and ``nfe = steps``.
@@ -165,6 +168,7 @@ def ddim_sample(
     if eta > 0 and key is None:
         raise ValueError("ddim_sample with eta > 0 needs key=<PRNG key>")
     x = _check_x0(x_T)
+    args = pack(args, cond, x.shape[0], "ddim_sample")
     _check_output("eps_model", eps_model, 1.0, x, args)
     ks = np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
     abar_full = jnp.asarray(schedule.alpha_bar(jnp.arange(T + 1)), x.dtype)
@@ -176,13 +180,13 @@ def ddim_sample(
 
 
 @eqx.filter_jit
-def _langevin_core(score, key, x, step_size, num_steps, temperature):
-    score_b = jax.vmap(score)
+def _langevin_core(score, key, x, t, step_size, num_steps, temperature, args):
+    score_b = _batched(score)
     noise_scale = jnp.sqrt(2.0 * step_size * temperature)
 
     def body(x, i):
         z = jr.normal(jr.fold_in(key, i), x.shape, x.dtype)
-        return x + step_size * score_b(x) + noise_scale * z, None
+        return x + step_size * score_b(t, x, args) + noise_scale * z, None
 
     x, _ = jax.lax.scan(body, x, jnp.arange(num_steps))
     return x
@@ -196,6 +200,9 @@ def langevin_mcmc(
     step_size: RealScalarLike,
     num_steps: int,
     temperature: RealScalarLike = 1.0,
+    t: RealScalarLike = 1.0,
+    args: Any = None,
+    cond: Any = None,
 ) -> Solution:
     r"""Unadjusted Langevin algorithm (no Metropolis correction), every chain in parallel.
 
@@ -206,13 +213,17 @@ def langevin_mcmc(
     ``s^2 / (1 - h / (2 s^2))`` (temperature 1).
 
     Args:
-        score: TIME-INDEPENDENT score ``score(x) = grad log p(x)`` on ONE sample (vmapped);
-            for a time-dependent model pass ``lambda x: model(t, x, args)``.
+        score: ``score(t, x, args) = grad_x log p(x)`` on ONE sample (vmapped), the one
+            model signature of the package, evaluated at the fixed time ``t`` (a
+            time-independent score ignores ``t``).
         x0: initial chains ``(n, *event)``.
         key: PRNG key.
         step_size: h > 0.
         num_steps: number of updates (= nfe).
         temperature: > 0.
+        t: the time (or noise level, for a noise-conditional score) the score is taken at.
+        args: passed to ``score`` (shared by every chain).
+        cond: optional per-chain condition (leading axis n), mapped with the chains.
 
     Returns:
         ``Solution`` with the final states and ``nfe = num_steps``.
@@ -221,13 +232,10 @@ def langevin_mcmc(
     num_steps = check_int("num_steps", num_steps)
     temperature = check_positive("temperature", temperature)
     x = _check_x0(x0)
-    out = jax.eval_shape(score, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
-    if getattr(out, "shape", None) != x.shape[1:]:
-        raise ValueError(
-            f"score(x) must return the shape of one sample {x.shape[1:]}, got "
-            f"{getattr(out, 'shape', type(out))}"
-        )
-    x = _langevin_core(score, key, x, step_size, num_steps, temperature)
+    args = pack(args, cond, x.shape[0], "langevin_mcmc")
+    _check_output("score", score, t, x, args)
+    ta = jnp.asarray(t, x.dtype)
+    x = _langevin_core(score, key, x, ta, step_size, num_steps, temperature, args)
     return _fixed(x, num_steps, num_steps)
 
 
@@ -280,6 +288,7 @@ def predictor_corrector(
     t0: RealScalarLike = 0.0,
     t1: RealScalarLike = 1.0,
     args: Any = None,
+    cond: Any = None,
 ) -> Solution:
     r"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3) forward in t.
 
@@ -300,7 +309,8 @@ def predictor_corrector(
         snr: target signal-to-noise ratio r of the corrector (> 0).
         t0: start time.
         t1: end time, > t0; stop short of a singular endpoint (e.g. ``path.t_max``).
-        args: passed to drift, diffusion and score.
+        args: passed to drift, diffusion and score (shared by every sample).
+        cond: optional per-sample condition (leading axis n), mapped with the samples.
 
     Returns:
         ``Solution``; ``nfe = steps * (1 + corrector_steps)`` (drift plus score evaluations).
@@ -310,6 +320,7 @@ def predictor_corrector(
     corrector_steps = check_int("corrector_steps", corrector_steps, minimum=0)
     snr = check_positive("snr", snr)
     x = _check_x0(x0)
+    args = pack(args, cond, x.shape[0], "predictor_corrector")
     _check_times(t0, t1, forward_only=True)
     _check_output("drift", drift, t0, x, args)
     _check_output("diffusion", diffusion, t0, x, args, allow_scalar=True)
@@ -324,8 +335,8 @@ def predictor_corrector(
 
 
 @eqx.filter_jit
-def _annealed_core(score, key, x, sigmas, step_sizes, steps_per_level, temperature):
-    score_b = jax.vmap(score, in_axes=(None, 0))
+def _annealed_core(score, key, x, sigmas, step_sizes, steps_per_level, temperature, args):
+    score_b = _batched(score)
 
     def level(x, inp):
         i, sigma, h = inp
@@ -333,7 +344,7 @@ def _annealed_core(score, key, x, sigmas, step_sizes, steps_per_level, temperatu
 
         def body(x, j):
             z = jr.normal(jr.fold_in(jr.fold_in(key, i), j), x.shape, x.dtype)
-            return x + h * score_b(sigma, x) + noise_scale * z, None
+            return x + h * score_b(sigma, x, args) + noise_scale * z, None
 
         x, _ = jax.lax.scan(body, x, jnp.arange(steps_per_level))
         return x, None
@@ -352,24 +363,28 @@ def annealed_langevin(
     step_size: RealScalarLike,
     steps_per_level: int,
     temperature: RealScalarLike = 1.0,
+    args: Any = None,
+    cond: Any = None,
 ) -> Solution:
     r"""Annealed Langevin dynamics (Song and Ermon 2019, Algorithm 1), every chain in parallel.
 
-    For a noise-conditional score ``score(sigma, x)`` (the convention of ``losses.dsm_loss`` and
-    ``losses.ncsm_loss``), run ``steps_per_level`` unadjusted Langevin updates at each level
-    sigma_i of ``sigmas`` in the order given (largest first):
-    ``x <- x + h_i score(sigma_i, x) + sqrt(2 h_i temperature) z`` with
+    For a noise-conditional score ``score(sigma, x, args)`` (the convention of
+    ``losses.dsm_loss`` and ``losses.ncsm_loss``), run ``steps_per_level`` unadjusted Langevin
+    updates at each level sigma_i of ``sigmas`` in the order given (largest first):
+    ``x <- x + h_i score(sigma_i, x, args) + sqrt(2 h_i temperature) z`` with
     ``h_i = step_size * (sigma_i / sigma_L)^2`` and sigma_L = ``sigmas[-1]`` (Song and Ermon's
     alpha_i is 2 h_i). One compiled scan over the levels.
 
     Args:
-        score: noise-conditional score ``score(sigma, x)`` on ONE sample.
+        score: noise-conditional score ``score(sigma, x, args)`` on ONE sample.
         x0: initial chains ``(n, *event)``, e.g. N(0, sigma_1^2 I).
         sigmas: noise levels ``(L,)``, all > 0, normally decreasing.
         key: PRNG key.
         step_size: h at the last (smallest) level, > 0.
         steps_per_level: Langevin updates per level (>= 1).
         temperature: > 0.
+        args: passed to ``score`` (shared by every chain).
+        cond: optional per-chain condition (leading axis n), mapped with the chains.
 
     Returns:
         ``Solution`` with the final states and ``nfe = L * steps_per_level``.
@@ -381,18 +396,12 @@ def annealed_langevin(
     sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     if sig.size < 1 or not np.all(np.isfinite(sig)) or not np.all(sig > 0):
         raise ValueError(f"sigmas must be a non-empty array of finite values > 0, got {sigmas!r}")
-    out = jax.eval_shape(
-        score, jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-    )
-    if getattr(out, "shape", None) != x.shape[1:]:
-        raise ValueError(
-            f"score(sigma, x) must return the shape of one sample {x.shape[1:]}, got "
-            f"{getattr(out, 'shape', type(out))}"
-        )
+    args = pack(args, cond, x.shape[0], "annealed_langevin")
+    _check_output("score", score, float(sig[0]), x, args)
     hs = step_size * (sig / sig[-1]) ** 2
     x = _annealed_core(
         score, key, x, jnp.asarray(sig, x.dtype), jnp.asarray(hs, x.dtype), steps_per_level,
-        temperature,
+        temperature, args,
     )  # fmt: skip
     nfe = int(sig.size) * steps_per_level
     return _fixed(x, nfe, nfe)

@@ -13,6 +13,7 @@ import lineax as lx
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int
+from ._conditioning import pack
 from ._solve_common import (
     _Batched,
     _check_saveat,
@@ -91,6 +92,7 @@ def sample_sde(
     steps: int = 1000,
     saveat: Float[ArrayLike, " m"] | None = None,
     args: Any = None,
+    cond: Any = None,
     brownian: str | dfx.AbstractBrownianPath | None = None,
 ) -> Solution:
     """Integrate the Ito SDE ``dX = drift(t, X) dt + diffusion(t, X) dW`` with fixed steps.
@@ -119,7 +121,9 @@ def sample_sde(
             valid for additive noise only (diffusion independent of x).
         steps: number of equal steps.
         saveat: optional 1-d array of increasing times in [t0, t1] to save.
-        args: passed to drift and diffusion unchanged.
+        args: passed to drift and diffusion unchanged (shared by every sample).
+        cond: optional per-sample condition (leading axis n), mapped with the samples:
+            drift and diffusion see ``cond_i``, or ``(args, cond_i)`` when ``args`` is given.
         brownian: None (fast, default), ``"virtual"``, or a ``diffrax.AbstractBrownianPath``
             of shape ``x0.shape`` covering [t0, t1].
 
@@ -130,6 +134,7 @@ def sample_sde(
     drift, diffusion = _as_drift_diffusion(sde)
     solver_obj = get_solver(solver, "sde")
     x0 = _check_x0(x0)
+    args = pack(args, cond, x0.shape[0], "sample_sde")
     c0, c1 = _check_times(t0, t1, forward_only=True)
     steps = check_int("steps", steps)
     ts = _check_saveat(saveat, c0, c1, x0.dtype)

@@ -4,10 +4,10 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._conditioning import batched
 from ._solvers import Solution, _concrete, evals_per_step
 
 # --------------------------------------------------------------------------- validation helpers
@@ -129,9 +129,12 @@ def _unpack(sol, ts, solver):
 
 
 class _Batched(eqx.Module):
-    """``f(t, x, args)`` on one sample -> on a batch ``(n, *event)`` (vmap over x only)."""
+    """``f(t, x, args)`` on one sample -> on a batch ``(n, *event)``.
+
+    vmaps over x, and over the per-sample ``cond`` when ``args`` is a ``PerSample`` pack.
+    """
 
     fn: Any
 
     def __call__(self, t, y, args):
-        return jax.vmap(self.fn, in_axes=(None, 0, None))(t, y, args)
+        return batched(self.fn)(t, y, args)

@@ -281,7 +281,9 @@ def _check_output(name: str, fn, t, x0, args, *, allow_scalar: bool = False):
     event = x0.shape[1:]
     one = jax.ShapeDtypeStruct(event, x0.dtype)
     t_struct = jax.ShapeDtypeStruct((), x0.dtype)
-    out = jax.eval_shape(fn, t_struct, one, args)
+    from ._conditioning import one_sample
+
+    out = jax.eval_shape(fn, t_struct, one, one_sample(args))
     shape = getattr(out, "shape", None)
     ok = shape == event or (allow_scalar and shape is not None and shape == ())
     if not ok:

@@ -27,6 +27,7 @@ import jax.random as jr
 
 from ._checks import check_array, check_int, check_positive
 from ._cnf_core import PROBES, TRACES, _base_log_prob, _solve_augmented, _validate
+from ._conditioning import pack
 from ._types import Array, Float, PRNGKeyArray, RealScalarLike
 from .nn import MLP
 
@@ -57,6 +58,7 @@ def log_prob(
     probe: str = "rademacher",
     key: PRNGKeyArray | None = None,
     args: Any = None,
+    cond: Any = None,
     per_sample: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
@@ -83,7 +85,9 @@ def log_prob(
         num_probes: Hutchinson probes per sample, drawn once per solve and averaged.
         probe: ``"rademacher"`` or ``"gaussian"`` probes.
         key: PRNG key for the probes (Hutchinson only).
-        args: passed through to ``vector_field``.
+        args: passed through to ``vector_field`` (shared by every sample).
+        cond: optional per-sample condition (leading axis ``n``) mapped with ``x``: the field
+            sees ``cond_i`` (or ``(args, cond_i)``), giving the conditional log p(x_i | cond_i).
         per_sample: adaptive steps with per-sample error control (one solve per sample, vmapped).
             ``False`` integrates the batch as one state, whose RMS error control does not bound each
             sample's error. Ignored for fixed steps.
@@ -103,6 +107,7 @@ def log_prob(
             vector field returning the wrong shape (checked by ``jax.eval_shape`` before solving).
     """
     x = check_array("x", x, min_ndim=2)
+    args = pack(args, cond, x.shape[0], "cnf.log_prob")
     solver_obj, t0, t1, steps, max_steps = _validate(
         vector_field,
         x.shape[1:],
@@ -159,6 +164,7 @@ def sample_and_log_prob(
     num_probes: int = 1,
     probe: str = "rademacher",
     args: Any = None,
+    cond: Any = None,
     per_sample: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
@@ -185,7 +191,8 @@ def sample_and_log_prob(
         trace: ``"exact"`` or ``"hutchinson"``.
         num_probes: Hutchinson probes per sample.
         probe: ``"rademacher"`` or ``"gaussian"``.
-        args: passed to ``vector_field``.
+        args: passed to ``vector_field`` (shared by every sample).
+        cond: optional per-sample condition (leading axis ``n``), mapped with the samples.
         per_sample: per-sample error control for adaptive solves.
         adjoint: Diffrax adjoint (default recursive checkpointing).
         max_steps: step limit.
@@ -196,6 +203,7 @@ def sample_and_log_prob(
     n = check_int("n", n)
     event = (check_int("dim", dim),) if isinstance(dim, int) else tuple(dim)
     base_key, probe_key = jr.split(key)
+    args = pack(args, cond, n, "cnf.sample_and_log_prob")
     if base is not None and not hasattr(base, "sample"):
         raise ValueError(f"base must be None (standard normal) or have .sample, got {base!r}")
     dtype = jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
@@ -292,7 +300,7 @@ class CNF(eqx.Module):
 def nll_loss(
     model: Callable,
     key: PRNGKeyArray | None,
-    x: Float[Array, " n *event"],
+    batch: Any,
     *,
     solver: Any = "rk4",
     steps: int | None = 8,
@@ -312,11 +320,17 @@ def nll_loss(
     ``diffeqgen.train.fit`` expects (bind options with ``functools.partial``). Defaults to a
     cheap fixed-step RK4 solve (8 steps) for training; evaluate the trained model with a tight
     adaptive :func:`log_prob`. ``key`` draws Hutchinson probes (unused for the exact trace).
+    ``batch`` is ``x`` ``(n, *event)`` or ``(x, cond)`` (``losses.split_batch``), the latter
+    training a conditional density ``p(x | cond)`` with the model called as ``f(t, x, cond)``.
     """
+    from .losses import split_batch
+
+    x, cond = split_batch(batch)
     probe_key = key if trace == "hutchinson" else None
     log_p, _ = log_prob(
         model,
         x,
+        cond=cond,
         t0=t0,
         t1=t1,
         base=base,

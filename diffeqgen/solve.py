@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, Float
 
 from ._checks import check_int, check_positive
+from ._conditioning import Unbatched, guided, in_axes, pack
 from ._samplers import (
     annealed_langevin,
     ddim_sample,
@@ -68,6 +69,7 @@ __all__ = [
     "langevin_mcmc",
     "predictor_corrector",
     "annealed_langevin",
+    "guided",
 ]
 
 
@@ -78,7 +80,7 @@ __all__ = [
 def _ode_core(vector_field, x0, t0, t1, ts, args, solver, steps, rtol, atol, per_sample, limit):
     controller, dt0 = _step_setup(t0, t1, steps, rtol, atol)
 
-    def solve(field, y0):
+    def solve(field, y0, args):
         sol = dfx.diffeqsolve(
             dfx.ODETerm(field),
             eager_fsal(solver),
@@ -95,11 +97,12 @@ def _ode_core(vector_field, x0, t0, t1, ts, args, solver, steps, rtol, atol, per
         return _unpack(sol, ts, solver)
 
     if per_sample:
-        out = jax.vmap(lambda y: solve(vector_field, y))(x0)
+        field = Unbatched(vector_field)
+        out = jax.vmap(lambda y, a: solve(field, y, a), in_axes=(0, in_axes(args)))(x0, args)
         if ts is not None:
             out["xs"] = jnp.swapaxes(out["xs"], 0, 1)
     else:
-        out = solve(_Batched(vector_field), x0)
+        out = solve(_Batched(vector_field), x0, args)
     out["ts"] = ts
     return out
 
@@ -116,6 +119,7 @@ def sample_ode(
     atol: RealScalarLike = 1e-5,
     saveat: Float[ArrayLike, " m"] | None = None,
     args: Any = None,
+    cond: Any = None,
     per_sample: bool = False,
     max_steps: int = 4096,
 ) -> Solution:
@@ -133,7 +137,10 @@ def sample_ode(
         rtol: relative tolerance of the adaptive controller (ignored with ``steps``).
         atol: absolute tolerance of the adaptive controller (ignored with ``steps``).
         saveat: optional 1-d array of times in [t0, t1] (ordered from t0 to t1) to save.
-        args: passed to ``vector_field`` unchanged (not vmapped).
+        args: passed to ``vector_field`` unchanged (shared by every sample, not vmapped).
+        cond: optional per-sample condition, a pytree with leading axis n mapped with the
+            samples; the field is called as ``f(t, x_i, cond_i)``, or ``f(t, x_i, (args,
+            cond_i))`` when ``args`` is given too.
         per_sample: adaptive only in effect: vmap the solve over samples so that each sample
             has its own step sizes and error control (the default measures the error as an
             RMS over the whole batch, which does not bound each sample).
@@ -150,6 +157,7 @@ def sample_ode(
     """
     solver_obj = get_solver(solver, "ode")
     x0 = _check_x0(x0)
+    args = pack(args, cond, x0.shape[0], "sample_ode")
     c0, c1 = _check_times(t0, t1)
     if steps is not None:
         steps = check_int("steps", steps)

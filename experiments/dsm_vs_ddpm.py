@@ -182,9 +182,12 @@ def generate(name, model, args, key, n):
         sol = solve.ddpm_sample(model, k1, x0, args.schedule)
         return sol.x, sol.nfe
     if name == "dsm":
-        score = functools.partial(_score_at, model, args.sigma)
+        # The score networks are noise-conditional, model(sigma, x, args) (see dsm_loss): the
+        # Langevin chain takes the score at the fixed "time" t = sigma.
         steps = args.cfg["langevin_steps"]
-        sol = solve.langevin_mcmc(score, x0, key=k1, step_size=args.langevin_eps, num_steps=steps)
+        sol = solve.langevin_mcmc(
+            model, x0, key=k1, step_size=args.langevin_eps, num_steps=steps, t=args.sigma
+        )
         return sol.x, sol.nfe
     # Annealed Langevin (Song and Ermon 2019) from N(0, sigma_1^2 I), largest sigma first.
     x0 = x0 * float(args.sigmas[0])
@@ -197,11 +200,6 @@ def generate(name, model, args, key, n):
         steps_per_level=args.cfg["annealed_steps"],
     )
     return sol.x, sol.nfe
-
-
-def _score_at(model, sigma, x):
-    """The score networks are noise-conditional, called as model(sigma, x) (see dsm_loss)."""
-    return model(sigma, x)
 
 
 def mode_tv(name, x):

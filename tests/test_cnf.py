@@ -198,7 +198,7 @@ def test_backsolve_adjoint_gradient_close_to_checkpointed(x64, key):
     )
     x = jr.normal(kx, (4, 2), jnp.float64)
     loss = functools.partial(
-        cnf.nll_loss, key=None, x=x, solver="dopri5", steps=None, rtol=1e-10, atol=1e-10
+        cnf.nll_loss, key=None, batch=x, solver="dopri5", steps=None, rtol=1e-10, atol=1e-10
     )
     g1 = eqx.filter_grad(lambda m: loss(m))(model)
     g2 = eqx.filter_grad(lambda m: loss(m, adjoint=diffrax.BacksolveAdjoint()))(model)

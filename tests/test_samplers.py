@@ -116,7 +116,7 @@ def test_ddim_deterministic_recovers_gaussian_data(key):
 def test_langevin_mcmc_gaussian_target(key):
     """ULA on N(M, S2): stationary variance S2 / (1 - h / (2 S2)) exactly (O(h) bias)."""
     h = 0.02
-    score = lambda x: -(x - jnp.asarray(M)) / S2  # noqa: E731
+    score = lambda t, x, args: -(x - jnp.asarray(M)) / S2  # noqa: E731
     x0 = 3.0 * jr.normal(jr.fold_in(key, 1), (N, 2))
     sol = solve.langevin_mcmc(score, x0, key=jr.fold_in(key, 2), step_size=h, num_steps=500)
     assert sol.nfe == 500
@@ -166,9 +166,9 @@ def test_sampler_validation(key):
     with pytest.raises(TypeError, match="DDPMSchedule"):
         solve.ddpm_sample(eps, key, x, object())
     with pytest.raises(ValueError, match="step_size"):
-        solve.langevin_mcmc(lambda y: -y, x, key=key, step_size=0.0, num_steps=3)
+        solve.langevin_mcmc(lambda t, y, a: -y, x, key=key, step_size=0.0, num_steps=3)
     with pytest.raises(ValueError, match="score"):
-        solve.langevin_mcmc(lambda y: y.sum(), x, key=key, step_size=0.1, num_steps=3)
+        solve.langevin_mcmc(lambda t, y, a: y.sum(), x, key=key, step_size=0.1, num_steps=3)
     with pytest.raises(ValueError, match="snr"):
         solve.predictor_corrector(
             sdes.brownian_motion(1.0), lambda t, y, a: -y, x, key=key, steps=3, snr=0.0

@@ -149,7 +149,7 @@ def test_annealed_langevin_gaussian(key):
     sigmas = jnp.array([1.0, 0.5])
     x0 = jr.normal(jr.fold_in(key, 1), (4000, 2)) * 3.0
     sol = solve.annealed_langevin(
-        lambda s, x: -x / (1.0 + s**2), x0, sigmas, key=key, step_size=0.01, steps_per_level=500
+        lambda s, x, a: -x / (1.0 + s**2), x0, sigmas, key=key, step_size=0.01, steps_per_level=500
     )
     assert sol.nfe == 1000
     x = np.asarray(sol.x).ravel()
@@ -165,12 +165,12 @@ def test_annealed_langevin_rejects_bad_sigmas(key):
 
     with pytest.raises(ValueError, match="sigmas"):
         solve.annealed_langevin(
-            lambda s, x: -x, jnp.zeros((3, 2)), jnp.array([1.0, 0.0]), key=key,
+            lambda s, x, a: -x, jnp.zeros((3, 2)), jnp.array([1.0, 0.0]), key=key,
             step_size=0.1, steps_per_level=2,
         )  # fmt: skip
     with pytest.raises(ValueError, match="step_size"):
         solve.annealed_langevin(
-            lambda s, x: -x, jnp.zeros((3, 2)), jnp.array([1.0]), key=key, step_size=0.0,
+            lambda s, x, a: -x, jnp.zeros((3, 2)), jnp.array([1.0]), key=key, step_size=0.0,
             steps_per_level=2,
         )  # fmt: skip
 
