@@ -30,10 +30,12 @@ class TrainState(NamedTuple):
     Attributes:
         model: The trained Equinox model.
         ema_model: Exponential moving average of ``model``'s floating-point parameters.
-        opt_state: The Optax optimiser state.
+        opt_state: The Optax optimiser state (of the trainable parameters only). ``None`` in a
+            state passed to ``fit(..., init=...)`` means a fresh ``optimizer.init``.
         step: Number of completed optimiser updates (a Python int).
         key: The run's PRNG key (the per-step key is ``jr.fold_in(key, step)``-derived).
-        history: Dict of NumPy arrays "step", "loss", "val_step", "val_loss".
+        history: Dict of NumPy arrays "step", "loss", "val_step", "val_loss", plus one array
+            per entry of a loss's aux dict ("name" per step, "val_name" per validation).
     """
 
     model: Any
@@ -66,7 +68,7 @@ def _payload(state: TrainState) -> dict:
         "ema_model": state.ema_model,
         "opt_state": state.opt_state,
         "key": np.asarray(jr.key_data(_typed_key(state.key))),
-        "history": {k: np.asarray(state.history[k]) for k in HISTORY_KEYS},
+        "history": {k: np.asarray(v) for k, v in state.history.items()},
     }
 
 
