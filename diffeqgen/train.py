@@ -207,7 +207,7 @@ def init_state(
 
 def _signature(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, [(tuple(np.shape(x)), jnp.result_type(x)) for x in leaves]
+    return treedef, [(tuple(np.shape(x)), getattr(x, "dtype", type(x))) for x in leaves]
 
 
 def _as_state(init) -> TrainState:
