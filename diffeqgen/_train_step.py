@@ -16,6 +16,8 @@ from ._checks import check_array, check_finite
 __all__ = [
     "check_data",
     "check_loss",
+    "check_aux",
+    "nan_log",
     "draw",
     "run_chunk",
     "val_loss",
@@ -210,6 +212,52 @@ def check_loss(loss_fn, model, key, batch):
     except Exception as e:
         e.add_note("(raised by fit's check call loss_fn(model, key, batch) on one batch)")
         raise
+
+
+def check_aux(loss_struct) -> tuple[Any, tuple | None]:
+    """Split the eval_shape of the loss output into (loss, aux spec) and check both."""
+    aux_spec = None
+    if isinstance(loss_struct, tuple) and len(loss_struct) == 2:
+        loss_struct, aux = loss_struct
+        if not isinstance(aux, dict):
+            raise TypeError(
+                f"loss_fn returned a pair (loss, aux); aux must be a dict of scalars, got "
+                f"{type(aux).__name__}"
+            )
+        spec = []
+        for k, v in aux.items():
+            if not isinstance(k, str) or k in RESERVED or k.startswith("val_"):
+                raise ValueError(
+                    f"loss_fn's aux key {k!r} is not allowed: keys must be strings other than "
+                    f"{RESERVED} and not start with 'val_' (validation entries are logged as "
+                    "'val_<key>')"
+                )
+            shape = v.shape if hasattr(v, "shape") else np.shape(v)
+            dtype = v.dtype if hasattr(v, "dtype") else jnp.result_type(v)
+            if shape != () or not any(
+                jnp.issubdtype(dtype, t) for t in (jnp.floating, jnp.integer, jnp.bool_)
+            ):
+                raise ValueError(
+                    f"loss_fn's aux[{k!r}] must be a real scalar, got shape {shape} and dtype "
+                    f"{dtype}"
+                )
+            spec.append((k, dtype))
+        aux_spec = tuple(spec)
+    if getattr(loss_struct, "shape", None) != ():
+        raise ValueError(
+            f"loss_fn(model, key, batch) must return a scalar or a pair (scalar, dict of "
+            f"scalars), got {getattr(loss_struct, 'shape', type(loss_struct).__name__)}"
+        )
+    if aux_spec is not None:  # integer/boolean aux entries are logged in the loss's dtype
+        aux_spec = tuple(
+            (k, dt if jnp.issubdtype(dt, jnp.floating) else loss_struct.dtype) for k, dt in aux_spec
+        )
+    return loss_struct, aux_spec
+
+
+def nan_log(n: int, dtype) -> np.ndarray:
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    return np.full(n, np.nan, dtype)
 
 
 class StepConfig(NamedTuple):

@@ -51,15 +51,26 @@ import optax
 from tqdm import tqdm
 
 from ._checkpoint import (
-    HISTORY_KEYS,
     TrainState,
     _empty_history,
     _typed_key,
+    continue_from,
     load_checkpoint,
     save_checkpoint,
+    split_trainable,
 )
 from ._checks import check_choice, check_int, check_positive
-from ._train_step import RESERVED, StepConfig, check_data, check_loss, draw, run_chunk, val_loss
+from ._train_step import (
+    RESERVED,
+    StepConfig,
+    check_aux,
+    check_data,
+    check_loss,
+    draw,
+    nan_log,
+    run_chunk,
+    val_loss,
+)
 from ._types import PRNGKeyArray
 
 __all__ = [
@@ -169,27 +180,6 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
-def _split_trainable(model, trainable):
-    """``(params, rest)``: the trainable floating-point arrays, and everything else."""
-    params, rest = eqx.partition(model, eqx.is_inexact_array)
-    if trainable is None:
-        return params, rest
-    try:
-        params, frozen = eqx.partition(params, trainable)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            "trainable must be an eqx.filter spec for the model: a pytree of bools with the "
-            "model's structure (or a prefix of it), or a callable leaf -> bool; "
-            f"eqx.partition(model, trainable) failed: {e}"
-        ) from e
-    if not jax.tree_util.tree_leaves(params):
-        raise ValueError(
-            f"trainable={trainable!r} selects none of the floating-point arrays of the model "
-            f"{type(model).__name__}; nothing would be trained"
-        )
-    return params, eqx.combine(frozen, rest)
-
-
 def init_state(
     model,
     optimizer: optax.GradientTransformation,
@@ -201,13 +191,8 @@ def init_state(
 
     ``trainable`` is the filter spec of `fit`: the optimiser state covers the selected arrays.
     """
-    params, _ = _split_trainable(model, trainable)
+    params, _ = split_trainable(model, trainable)
     return TrainState(model, model, optimizer.init(params), 0, _typed_key(key), _empty_history())
-
-
-def _signature(tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, [(tuple(np.shape(x)), getattr(x, "dtype", type(x))) for x in leaves]
 
 
 def _as_state(init) -> TrainState:
@@ -219,80 +204,6 @@ def _as_state(init) -> TrainState:
         f"init must be a TrainResult or TrainState returned by an earlier fit, got "
         f"{type(init).__name__}"
     )
-
-
-def _continue_from(start: TrainState, model, optimizer, trainable) -> TrainState:
-    """Check ``start`` (from ``init=``) against the model and optimiser; fill a None opt_state."""
-    if model is not start.model and not bool(eqx.tree_equal(model, start.model)):
-        raise ValueError(
-            "model differs from the model of init; to continue from init pass model=None "
-            "(or init's own model), or replace the model in the state first "
-            "(init.state._replace(model=..., ema_model=...))"
-        )
-    ema_sig = _signature(eqx.filter(start.ema_model, eqx.is_inexact_array))
-    if ema_sig != _signature(eqx.filter(start.model, eqx.is_inexact_array)):
-        raise ValueError("init.ema_model must have the structure and shapes of init.model")
-    if not isinstance(start.step, int | np.integer) or start.step < 0:
-        raise ValueError(f"init.step must be an integer >= 0, got {start.step!r}")
-    missing = [k for k in HISTORY_KEYS if k not in start.history]
-    if missing:
-        raise ValueError(f"init.history lacks the keys {missing}; expected at least {HISTORY_KEYS}")
-    params, _ = _split_trainable(model, trainable)
-    if start.opt_state is None:
-        return start._replace(opt_state=optimizer.init(params), step=int(start.step))
-    if _signature(start.opt_state) != _signature(jax.eval_shape(optimizer.init, params)):
-        raise ValueError(
-            "init.opt_state does not match optimizer.init of the trainable parameters (a "
-            "different optimiser or trainable selection?); pass "
-            "init=state._replace(opt_state=None) to start the optimiser afresh"
-        )
-    return start._replace(step=int(start.step))
-
-
-def _check_aux(loss_struct) -> tuple[Any, tuple | None]:
-    """Split the eval_shape of the loss output into (loss, aux spec) and check both."""
-    aux_spec = None
-    if isinstance(loss_struct, tuple) and len(loss_struct) == 2:
-        loss_struct, aux = loss_struct
-        if not isinstance(aux, dict):
-            raise TypeError(
-                f"loss_fn returned a pair (loss, aux); aux must be a dict of scalars, got "
-                f"{type(aux).__name__}"
-            )
-        spec = []
-        for k, v in aux.items():
-            if not isinstance(k, str) or k in RESERVED or k.startswith("val_"):
-                raise ValueError(
-                    f"loss_fn's aux key {k!r} is not allowed: keys must be strings other than "
-                    f"{RESERVED} and not start with 'val_' (validation entries are logged as "
-                    "'val_<key>')"
-                )
-            shape = v.shape if hasattr(v, "shape") else np.shape(v)
-            dtype = v.dtype if hasattr(v, "dtype") else jnp.result_type(v)
-            if shape != () or not any(
-                jnp.issubdtype(dtype, t) for t in (jnp.floating, jnp.integer, jnp.bool_)
-            ):
-                raise ValueError(
-                    f"loss_fn's aux[{k!r}] must be a real scalar, got shape {shape} and dtype "
-                    f"{dtype}"
-                )
-            spec.append((k, dtype))
-        aux_spec = tuple(spec)
-    if getattr(loss_struct, "shape", None) != ():
-        raise ValueError(
-            f"loss_fn(model, key, batch) must return a scalar or a pair (scalar, dict of "
-            f"scalars), got {getattr(loss_struct, 'shape', type(loss_struct).__name__)}"
-        )
-    if aux_spec is not None:  # integer/boolean aux entries are logged in the loss's dtype
-        aux_spec = tuple(
-            (k, dt if jnp.issubdtype(dt, jnp.floating) else loss_struct.dtype) for k, dt in aux_spec
-        )
-    return loss_struct, aux_spec
-
-
-def _nan(n: int, dtype) -> np.ndarray:
-    dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
-    return np.full(n, np.nan, dtype)
 
 
 def _next_stop(step: int, num_steps: int, every: list[int]) -> int:
@@ -432,7 +343,7 @@ def fit(
         raise TypeError("key is required (it may be omitted only when init=... is given)")
     if not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
         raise ValueError(f"model has no floating-point arrays to train: {type(model).__name__}")
-    _split_trainable(model, trainable)  # check the spec early
+    split_trainable(model, trainable)  # check the spec early
     key = _typed_key(key)
     train_key, val_key = jr.split(key)
     data, is_sampler = check_data("data", data, batch_size, key)
@@ -460,7 +371,7 @@ def fit(
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
 
     batch_struct = eqx.filter_eval_shape(draw, data, is_sampler, key, batch_size)
-    loss_struct, aux_spec = _check_aux(check_loss(loss_fn, model, key, batch_struct))
+    loss_struct, aux_spec = check_aux(check_loss(loss_fn, model, key, batch_struct))
 
     def adopt_key(stored, source: str):
         nonlocal key, train_key, val_key
@@ -481,7 +392,7 @@ def fit(
         adopt_key(state.key, repr(checkpoint))
         where = f"the checkpoint {checkpoint!r}"
     elif start is not None:
-        state = _continue_from(start, model, optimizer, trainable)
+        state = continue_from(start, model, optimizer, trainable)
         adopt_key(_typed_key(state.key), "init")
         where = "init"
     else:
@@ -493,7 +404,7 @@ def fit(
     if val_data is not None and val_is_sampler:  # one fixed validation batch
         n_val = max(batch_size, VAL_SAMPLES)
         val_data = eqx.filter_jit(val_data)(jr.fold_in(val_key, 0), n_val)
-    params, rest = _split_trainable(state.model, trainable)
+    params, rest = split_trainable(state.model, trainable)
     ema = eqx.filter(state.ema_model, eqx.is_inexact_array)
     opt_state, step = state.opt_state, state.step
     last_saved = state.step if resuming else None
@@ -506,7 +417,7 @@ def fit(
     old = {k: np.asarray(v) for k, v in state.history.items()}
     for k, dt in new_keys.items():
         if k not in old:
-            old[k] = _nan(len(old["val_step" if k.startswith("val_") else "step"]), dt)
+            old[k] = nan_log(len(old["val_step" if k.startswith("val_") else "step"]), dt)
     history = {k: [v] for k, v in old.items()}
     absent_step = [k for k in old if not k.startswith("val_") and k not in (*RESERVED, *aux_names)]
     absent_val = [
@@ -571,7 +482,7 @@ def fit(
             for k in aux_names:
                 history[k].append(np.asarray(aux[k])[:n])
             for k in absent_step:
-                history[k].append(_nan(n, old[k].dtype))
+                history[k].append(nan_log(n, old[k].dtype))
             step = stop
             postfix = {"loss": f"{losses.mean():.4g}"}
             if val_data is not None and step % val_every == 0:
@@ -583,7 +494,7 @@ def fit(
                 for k, dt in aux_spec or ():
                     history["val_" + k].append(np.asarray(vaux[k]).astype(dt).reshape(1))
                 for k in absent_val:
-                    history[k].append(_nan(1, old[k].dtype))
+                    history[k].append(nan_log(1, old[k].dtype))
                 postfix["val"] = f"{float(v):.4g}"
             if checkpoint is not None and (
                 step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
