@@ -1,4 +1,4 @@
-"""Training state and its checkpoint file (atomic write, exact round trip).
+"""Training state, its checkpoint file (atomic write, exact round trip), and continuing from it.
 
 File layout: an 8-byte magic, an 8-byte little-endian header length, a JSON header (format
 version, step, PRNG implementation, sizes of the variable-length arrays), then the leaves of the
@@ -17,7 +17,14 @@ import jax
 import jax.random as jr
 import numpy as np
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "HISTORY_KEYS"]
+__all__ = [
+    "TrainState",
+    "save_checkpoint",
+    "load_checkpoint",
+    "HISTORY_KEYS",
+    "split_trainable",
+    "continue_from",
+]
 
 _MAGIC = b"DEQGCKP1"
 _VERSION = 1
@@ -30,10 +37,12 @@ class TrainState(NamedTuple):
     Attributes:
         model: The trained Equinox model.
         ema_model: Exponential moving average of ``model``'s floating-point parameters.
-        opt_state: The Optax optimiser state.
+        opt_state: The Optax optimiser state (of the trainable parameters only). ``None`` in a
+            state passed to ``fit(..., init=...)`` means a fresh ``optimizer.init``.
         step: Number of completed optimiser updates (a Python int).
         key: The run's PRNG key (the per-step key is ``jr.fold_in(key, step)``-derived).
-        history: Dict of NumPy arrays "step", "loss", "val_step", "val_loss".
+        history: Dict of NumPy arrays "step", "loss", "val_step", "val_loss", plus one array
+            per entry of a loss's aux dict ("name" per step, "val_name" per validation).
     """
 
     model: Any
@@ -66,7 +75,7 @@ def _payload(state: TrainState) -> dict:
         "ema_model": state.ema_model,
         "opt_state": state.opt_state,
         "key": np.asarray(jr.key_data(_typed_key(state.key))),
-        "history": {k: np.asarray(state.history[k]) for k in HISTORY_KEYS},
+        "history": {k: np.asarray(v) for k, v in state.history.items()},
     }
 
 
@@ -182,3 +191,57 @@ def load_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
         key=key,
         history=out["history"],
     )
+
+
+def split_trainable(model, trainable):
+    """``(params, rest)``: the trainable floating-point arrays, and everything else."""
+    params, rest = eqx.partition(model, eqx.is_inexact_array)
+    if trainable is None:
+        return params, rest
+    try:
+        params, frozen = eqx.partition(params, trainable)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            "trainable must be an eqx.filter spec for the model: a pytree of bools with the "
+            "model's structure (or a prefix of it), or a callable leaf -> bool; "
+            f"eqx.partition(model, trainable) failed: {e}"
+        ) from e
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError(
+            f"trainable={trainable!r} selects none of the floating-point arrays of the model "
+            f"{type(model).__name__}; nothing would be trained"
+        )
+    return params, eqx.combine(frozen, rest)
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, [(tuple(np.shape(x)), getattr(x, "dtype", type(x))) for x in leaves]
+
+
+def continue_from(start: TrainState, model, optimizer, trainable) -> TrainState:
+    """Check ``start`` (from ``init=``) against the model and optimiser; fill a None opt_state."""
+    if model is not start.model and not bool(eqx.tree_equal(model, start.model)):
+        raise ValueError(
+            "model differs from the model of init; to continue from init pass model=None "
+            "(or init's own model), or replace the model in the state first "
+            "(init.state._replace(model=..., ema_model=...))"
+        )
+    ema_sig = _signature(eqx.filter(start.ema_model, eqx.is_inexact_array))
+    if ema_sig != _signature(eqx.filter(start.model, eqx.is_inexact_array)):
+        raise ValueError("init.ema_model must have the structure and shapes of init.model")
+    if not isinstance(start.step, int | np.integer) or start.step < 0:
+        raise ValueError(f"init.step must be an integer >= 0, got {start.step!r}")
+    missing = [k for k in HISTORY_KEYS if k not in start.history]
+    if missing:
+        raise ValueError(f"init.history lacks the keys {missing}; expected at least {HISTORY_KEYS}")
+    params, _ = split_trainable(model, trainable)
+    if start.opt_state is None:
+        return start._replace(opt_state=optimizer.init(params), step=int(start.step))
+    if _signature(start.opt_state) != _signature(jax.eval_shape(optimizer.init, params)):
+        raise ValueError(
+            "init.opt_state does not match optimizer.init of the trainable parameters (a "
+            "different optimiser or trainable selection?); pass "
+            "init=state._replace(opt_state=None) to start the optimiser afresh"
+        )
+    return start._replace(step=int(start.step))

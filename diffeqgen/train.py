@@ -5,6 +5,21 @@ device inside the scan), keeps an EMA of the parameters, evaluates a validation 
 model, shows a progress bar, writes atomic checkpoints, resumes bit for bit, and stops with a
 ``FloatingPointError`` naming the step at the first non-finite loss or gradient.
 
+For research use:
+
+- Models follow one signature, ``model(t, x, args)`` on ONE sample (Diffrax convention; the
+  loss vmaps it); ``fit`` checks it once, abstractly, before compiling. A one-input network such
+  as ``eqx.nn.MLP`` is adapted with ``diffeqgen.nn.time_concat``.
+- Data is a sampler ``(key, n) -> batch`` or a finite dataset (an array, or a pytree of arrays
+  with a common leading axis such as ``(x, labels)``, drawn from uniformly on device). A batch
+  may be a pytree, ``(x, cond)`` or ``{"x": x, "cond": cond}``; losses read it with
+  ``dg.losses.split_batch``.
+- A loss may return ``(loss, aux)`` with ``aux`` a dict of scalars, logged in ``history``.
+- ``callback(step, state)`` runs on the host every ``callback_every`` updates.
+- ``trainable`` (an ``eqx.filter`` spec) trains part of the model and freezes the rest.
+- ``fit(..., init=result)`` continues an earlier result in memory (Adam moments, EMA, step
+  counter and history), exactly as resuming from a checkpoint file does.
+
 Example::
 
     import functools, jax.random as jr, diffeqgen as dg
@@ -12,9 +27,12 @@ Example::
     model = dg.nn.MLP(2, 2, key=jr.key(0))
     loss = functools.partial(dg.losses.flow_matching_loss, path=dg.paths.get_path("linear"))
     sampler = lambda key, n: dg.data.sample("moons", key, n)
-    result = dg.train.fit(model, loss, sampler, optimizer=dg.train.make_optimizer(1e-3),
-                          key=jr.key(1), num_steps=5000, batch_size=256)
+    opt = dg.train.make_optimizer(1e-3)
+    result = dg.train.fit(model, loss, sampler, optimizer=opt, key=jr.key(1), num_steps=5000,
+                          batch_size=256)
     velocity = result.ema_model  # net(t, x, args) on one sample
+    more = dg.train.fit(None, loss, sampler, optimizer=opt, num_steps=10000, batch_size=256,
+                        init=result)  # the same as one run of 10000 steps
 """
 
 import dataclasses
@@ -33,16 +51,27 @@ import optax
 from tqdm import tqdm
 
 from ._checkpoint import (
-    HISTORY_KEYS,
     TrainState,
     _empty_history,
     _typed_key,
+    continue_from,
     load_checkpoint,
     save_checkpoint,
+    split_trainable,
 )
 from ._checks import check_choice, check_int, check_positive
-from ._train_step import StepConfig, check_data, draw, run_chunk, val_loss
-from ._types import ArrayLike, PRNGKeyArray
+from ._train_step import (
+    RESERVED,
+    StepConfig,
+    check_aux,
+    check_data,
+    check_loss,
+    draw,
+    nan_log,
+    run_chunk,
+    val_loss,
+)
+from ._types import PRNGKeyArray
 
 __all__ = [
     "fit",
@@ -66,13 +95,17 @@ class TrainResult:
     Attributes:
         model: The trained model (last iterate).
         ema_model: The EMA of the parameters (usually the one to sample from).
-        opt_state: Final Optax state (pass to a new run through a checkpoint).
+        opt_state: Final Optax state (of the trainable parameters).
         history: NumPy arrays: "step" (1-based update index), "loss" (training loss of that
             update's batch), "val_step", "val_loss" (validation loss of the EMA model after that
-            many updates). Includes the steps of earlier runs when resumed.
+            many updates), and for a loss returning ``(loss, aux)`` one array per aux entry,
+            "name" (per step, aligned with "step") and "val_name" (aligned with "val_step").
+            Includes the steps of earlier runs when resumed or continued.
         steps_per_second: Optimiser steps per second in this call (compile excluded).
         compile_seconds: Time spent compiling the fused step (and the validation loss).
         wall_seconds: Total time of this call.
+        step: Number of completed updates (equal to ``num_steps`` unless a callback stopped).
+        key: The run's PRNG key.
     """
 
     model: Any
@@ -82,6 +115,15 @@ class TrainResult:
     steps_per_second: float
     compile_seconds: float
     wall_seconds: float
+    step: int
+    key: Any
+
+    @property
+    def state(self) -> TrainState:
+        """The `TrainState` to continue from: ``fit(..., init=result)`` or ``init=result.state``."""
+        return TrainState(
+            self.model, self.ema_model, self.opt_state, self.step, self.key, self.history
+        )
 
 
 def make_optimizer(
@@ -138,10 +180,30 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
-def init_state(model, optimizer: optax.GradientTransformation, *, key: PRNGKeyArray) -> TrainState:
-    """Fresh `TrainState` at step 0 (EMA equal to the model); also the ``like`` for loading."""
-    params = eqx.filter(model, eqx.is_inexact_array)
+def init_state(
+    model,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: PRNGKeyArray,
+    trainable: Any = None,
+) -> TrainState:
+    """Fresh `TrainState` at step 0 (EMA equal to the model); also the ``like`` for loading.
+
+    ``trainable`` is the filter spec of `fit`: the optimiser state covers the selected arrays.
+    """
+    params, _ = split_trainable(model, trainable)
     return TrainState(model, model, optimizer.init(params), 0, _typed_key(key), _empty_history())
+
+
+def _as_state(init) -> TrainState:
+    if isinstance(init, TrainResult):
+        return init.state
+    if isinstance(init, TrainState):
+        return init
+    raise TypeError(
+        f"init must be a TrainResult or TrainState returned by an earlier fit, got "
+        f"{type(init).__name__}"
+    )
 
 
 def _next_stop(step: int, num_steps: int, every: list[int]) -> int:
@@ -154,63 +216,108 @@ def _next_stop(step: int, num_steps: int, every: list[int]) -> int:
 def fit(
     model,
     loss_fn: Callable,
-    data: Callable | ArrayLike,
+    data: Any,
     *,
     optimizer: Any,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None = None,
     num_steps: int,
     batch_size: int,
     steps_per_call: int = 100,
     ema_decay: float | int = 0.999,
-    val_data: Callable | ArrayLike | None = None,
+    val_data: Any = None,
     val_every: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    trainable: Any = None,
+    init: Any = None,
+    callback: Callable | None = None,
+    callback_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` by minimising ``loss_fn`` with ``optimizer``.
 
     Each optimiser update ``s`` (0-based) uses the key ``jr.fold_in(train_key, s)`` with
     ``train_key, val_key = jr.split(key)``, so results do not depend on ``steps_per_call``,
-    validation or checkpoint intervals, or interruption and resumption: a resumed run equals an
-    uninterrupted one bit for bit on CPU. Updates run ``steps_per_call`` at a time inside one
-    compiled ``lax.scan`` (compiled once; a shorter final chunk masks the unused iterations).
-    The executable is cached across calls keyed on the model structure, the data kind and
-    shape, the sizes, and the identity of ``loss_fn`` and ``optimizer``: reuse the same
+    validation, callback or checkpoint intervals, or interruption and continuation: a run
+    resumed from a checkpoint or continued with ``init=`` equals an uninterrupted one bit for
+    bit on CPU. Updates run ``steps_per_call`` at a time inside one compiled ``lax.scan``
+    (compiled once; a shorter final chunk masks the unused iterations). The executable is cached
+    across calls keyed on the model structure, the data kind and shapes, the sizes, the
+    trainable selection and the identity of ``loss_fn`` and ``optimizer``: reuse the same
     objects (not a fresh ``functools.partial``/``optax.adam(...)``) to skip recompiling.
 
+    Before compiling, ``loss_fn`` is evaluated abstractly (``eqx.filter_eval_shape``) on one
+    batch. If it fails with an argument ``TypeError`` because ``model(t, x, args)`` cannot be
+    called on one sample, ``fit`` raises one ``TypeError`` naming that signature and the adapter
+    ``diffeqgen.nn.time_concat``; other errors surface unchanged.
+
     Args:
-        model: An Equinox module; its floating-point arrays are trained.
-        loss_fn: ``loss_fn(model, key, batch) -> scalar`` with ``batch`` of shape
-            ``(batch_size, *event)``; use ``functools.partial`` for configuration.
-        data: A sampler ``(key, n) -> (n, *event)`` called inside the compiled step, or an
-            array ``(N, *event)`` from which rows are drawn uniformly with replacement on device.
+        model: An Equinox module ``model(t, x, args)`` on one sample (Diffrax convention); its
+            floating-point arrays (those selected by ``trainable``) are trained. May be None
+            when ``init`` is given (otherwise it must equal init's model).
+        loss_fn: ``loss_fn(model, key, batch)`` returning a scalar, or a pair ``(loss, aux)``
+            with ``aux`` a dict of real scalars (detected from the abstract evaluation of the
+            output: a 2-tuple whose second entry is a dict). Each aux entry is logged per step
+            in ``history[name]`` (and on validation in ``history["val_" + name]``), in its own
+            floating dtype (integer or boolean entries in the loss's dtype). ``batch`` is what
+            ``data`` gives for ``batch_size`` samples (see ``dg.losses.split_batch``); use
+            ``functools.partial`` for configuration.
+        data: A sampler ``(key, n) -> batch`` called inside the compiled step, where ``batch``
+            is an array ``(n, *event)`` or a pytree such as ``(x, cond)`` or
+            ``{"x": x, "cond": cond}`` whose leaves all have leading axis n. Or a finite
+            dataset: an array ``(N, *event)`` or a pytree of arrays sharing the leading axis N
+            (e.g. ``(x, labels)`` with integer labels), from which rows are drawn uniformly with
+            replacement on device (the same rows from every leaf). Floating arrays must be
+            finite; a bare array must be floating.
         optimizer: An ``optax.GradientTransformation`` (see `make_optimizer`).
-        key: PRNG key of the run (stored in checkpoints).
-        num_steps: Total number of updates (including those of a resumed checkpoint).
+        key: PRNG key of the run (stored in checkpoints). Optional with ``init`` (its key is
+            used; a different key is ignored with a warning, as on resume).
+        num_steps: Total number of updates, counting those already done by a resumed
+            checkpoint or by ``init``.
         batch_size: Samples per update.
         steps_per_call: Updates fused per compiled dispatch.
         ema_decay: EMA decay in [0, 1); the EMA model is ``e <- e + (1-d)(p - e)`` with
             ``d = min(ema_decay, (1+s)/(10+s))``.
-        val_data: Optional validation array (all rows form one batch) or sampler (one fixed
-            batch of ``max(batch_size, VAL_SAMPLES)`` drawn once); its loss is evaluated on the
-            EMA model with a fixed key.
+        val_data: Optional validation data: an array or pytree of arrays (all rows form one
+            batch) or sampler (one fixed batch of ``max(batch_size, VAL_SAMPLES)`` drawn once);
+            its loss is evaluated on the EMA model with a fixed key.
         val_every: Validate after every multiple of this many updates (default
             ``steps_per_call`` when ``val_data`` is given).
         checkpoint: File path; the state is saved there atomically at the end and every
             ``checkpoint_every`` updates.
         checkpoint_every: Save interval in updates (requires ``checkpoint``).
-        resume: If True and ``checkpoint`` exists, continue from it (its key is used).
+        resume: If True and ``checkpoint`` exists, continue from it (its key is used; it takes
+            precedence over ``init``, which is used while the file does not exist yet).
         progress: Show a tqdm bar with step, loss and steps per second.
+        trainable: Which floating-point arrays to train, as an ``eqx.filter`` spec: a pytree of
+            bools with the model's structure (or a prefix of it), or a callable
+            ``leaf -> bool``; e.g. ``eqx.tree_at(lambda m: m.head, jax.tree_util.tree_map(lambda
+            _: False, model), replace=True)`` trains ``model.head`` only. The others are frozen:
+            no gradient, no optimiser state, bit-identical after training; the EMA covers every
+            floating-point array (a frozen one's EMA stays equal to it when they start equal).
+            Default: all.
+        init: A `TrainResult` or `TrainState` of an earlier run to continue in memory: its
+            model, EMA, optimiser state (Adam moments), step counter, key and history are
+            continued, so ``fit(n1)`` then ``fit(n2, init=result)`` equals ``fit(n2)``. A state
+            with ``opt_state=None`` starts the optimiser afresh (e.g. after changing
+            ``trainable``). History keys present on one side only are padded with NaN.
+        callback: Optional host function ``callback(step, state)`` called after every multiple
+            of ``callback_every`` updates, between compiled chunks (after validation and
+            checkpointing of that step), with ``step`` the number of completed updates and
+            ``state`` the current `TrainState` (model, EMA model, optimiser state, step, key,
+            history so far). If it returns ``True``, training stops there (the checkpoint, if
+            any, is written) and the result holds that state.
+        callback_every: Callback interval in updates (default ``steps_per_call``).
 
     Returns:
-        A `TrainResult`.
+        A `TrainResult` (``result.state`` is the `TrainState` to pass as ``init``).
 
     Raises:
         FloatingPointError: The loss, a gradient or a parameter became non-finite; names the
             first bad step and the last checkpoint, which is left untouched.
-        ValueError, TypeError: Invalid arguments (the message names the argument).
+        ValueError, TypeError: Invalid arguments (the message names the argument), or a model
+            that cannot be called as ``model(t, x, args)`` on one sample.
     """
     t_start = time.perf_counter()
     num_steps = check_int("num_steps", num_steps)
@@ -226,8 +333,17 @@ def fit(
         )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (model, key, batch) -> scalar, got {loss_fn!r}")
+    start = None if init is None else _as_state(init)
+    if start is not None:
+        model = start.model if model is None else model
+        key = start.key if key is None else key
+    if model is None:
+        raise TypeError("model is required (it may be None only when init=... is given)")
+    if key is None:
+        raise TypeError("key is required (it may be omitted only when init=... is given)")
     if not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
         raise ValueError(f"model has no floating-point arrays to train: {type(model).__name__}")
+    split_trainable(model, trainable)  # check the spec early
     key = _typed_key(key)
     train_key, val_key = jr.split(key)
     data, is_sampler = check_data("data", data, batch_size, key)
@@ -244,43 +360,79 @@ def fit(
             raise ValueError(f"checkpoint_every={checkpoint_every} needs a checkpoint path")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path, got checkpoint=None")
+    if callback_every is not None:
+        callback_every = check_int("callback_every", callback_every)
+        if callback is None:
+            raise ValueError(f"callback_every={callback_every} needs a callback, got None")
+    if callback is not None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable (step, state) -> None, got {callback!r}")
+        callback_every = callback_every or steps_per_call
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
 
     batch_struct = eqx.filter_eval_shape(draw, data, is_sampler, key, batch_size)
-    loss_struct = eqx.filter_eval_shape(loss_fn, model, key, batch_struct)
-    if getattr(loss_struct, "shape", None) != ():
-        raise ValueError(
-            f"loss_fn(model, key, batch) must return a scalar, got "
-            f"{getattr(loss_struct, 'shape', type(loss_struct).__name__)}"
-        )
+    loss_struct, aux_spec = check_aux(check_loss(loss_fn, model, key, batch_struct))
 
-    state = init_state(model, optimizer, key=key)
-    if resume and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint, state)
-        if not np.array_equal(jr.key_data(state.key), jr.key_data(key)):
+    def adopt_key(stored, source: str):
+        nonlocal key, train_key, val_key
+        if not np.array_equal(jr.key_data(stored), jr.key_data(key)):
             warnings.warn(
-                f"key differs from the key stored in {checkpoint!r}; continuing with the stored "
+                f"key differs from the key stored in {source}; continuing with the stored "
                 "key so the run stays reproducible",
-                stacklevel=2,
+                stacklevel=3,
             )
-            key = state.key
+            key = _typed_key(stored)
             train_key, val_key = jr.split(key)
-        if state.step > num_steps:
-            raise ValueError(
-                f"num_steps={num_steps} is below the step {state.step} already reached by the "
-                f"checkpoint {checkpoint!r}"
-            )
+
+    resuming = resume and os.path.exists(checkpoint)
+    if resuming:
+        state = load_checkpoint(
+            checkpoint, init_state(model, optimizer, key=key, trainable=trainable)
+        )
+        adopt_key(state.key, repr(checkpoint))
+        where = f"the checkpoint {checkpoint!r}"
+    elif start is not None:
+        state = continue_from(start, model, optimizer, trainable)
+        adopt_key(_typed_key(state.key), "init")
+        where = "init"
+    else:
+        state = init_state(model, optimizer, key=key, trainable=trainable)
+    if state.step > num_steps:
+        raise ValueError(
+            f"num_steps={num_steps} is below the step {state.step} already reached by {where}"
+        )
     if val_data is not None and val_is_sampler:  # one fixed validation batch
         n_val = max(batch_size, VAL_SAMPLES)
         val_data = eqx.filter_jit(val_data)(jr.fold_in(val_key, 0), n_val)
-    params, rest = eqx.partition(state.model, eqx.is_inexact_array)
+    params, rest = split_trainable(state.model, trainable)
     ema = eqx.filter(state.ema_model, eqx.is_inexact_array)
     opt_state, step = state.opt_state, state.step
-    history = {k: [np.asarray(state.history[k])] for k in HISTORY_KEYS}
-    last_saved = state.step if (resume and checkpoint and os.path.exists(checkpoint)) else None
+    last_saved = state.step if resuming else None
+
+    # history: the earlier entries, with keys new to this run (or absent from it) NaN-padded
+    aux_names = [k for k, _ in aux_spec or ()]
+    new_keys = dict(aux_spec or ())
+    if val_data is not None:
+        new_keys.update({"val_" + k: dt for k, dt in aux_spec or ()})
+    old = {k: np.asarray(v) for k, v in state.history.items()}
+    for k, dt in new_keys.items():
+        if k not in old:
+            old[k] = nan_log(len(old["val_step" if k.startswith("val_") else "step"]), dt)
+    history = {k: [v] for k, v in old.items()}
+    absent_step = [k for k in old if not k.startswith("val_") and k not in (*RESERVED, *aux_names)]
+    absent_val = [
+        k for k in old if k.startswith("val_") and k not in ("val_step", "val_loss", *new_keys)
+    ]
 
     config = StepConfig(
-        loss_fn, optimizer, batch_size, steps_per_call, ema_decay, is_sampler, loss_struct.dtype
+        loss_fn,
+        optimizer,
+        batch_size,
+        steps_per_call,
+        ema_decay,
+        is_sampler,
+        loss_struct.dtype,
+        aux_spec,
     )
 
     def advance(step: int, n: int):
@@ -301,15 +453,15 @@ def fit(
             eqx.combine(params, rest), eqx.combine(ema, rest), opt_state, step, key, hist
         )
 
-    every = [e for e in (val_every, checkpoint_every) if e is not None]
-    start_step, train_seconds = step, 0.0
+    every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
+    start_step, train_seconds, stop_requested = step, 0.0, False
     bar = tqdm(total=num_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     try:
-        while step < num_steps:
+        while step < num_steps and not stop_requested:
             stop = _next_stop(step, num_steps, [steps_per_call, *every])
             n = stop - step
             t1 = time.perf_counter()
-            new_carry, (losses, ok) = advance(step, n)
+            new_carry, (losses, aux, ok) = advance(step, n)
             losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
             train_seconds += time.perf_counter() - t1
             if not ok.all():
@@ -327,18 +479,33 @@ def fit(
             params, ema, opt_state = new_carry
             history["step"].append(np.arange(step + 1, stop + 1, dtype=np.int64))
             history["loss"].append(losses)
+            for k in aux_names:
+                history[k].append(np.asarray(aux[k])[:n])
+            for k in absent_step:
+                history[k].append(nan_log(n, old[k].dtype))
             step = stop
             postfix = {"loss": f"{losses.mean():.4g}"}
             if val_data is not None and step % val_every == 0:
-                v = np.asarray(val_loss(ema, rest, val_data, val_loss_key, loss_fn))
+                out = val_loss(ema, rest, val_data, val_loss_key, loss_fn)
+                v, vaux = out if aux_spec is not None else (out, {})
+                v = np.asarray(v)
                 history["val_step"].append(np.array([step], np.int64))
                 history["val_loss"].append(v.reshape(1))
+                for k, dt in aux_spec or ():
+                    history["val_" + k].append(np.asarray(vaux[k]).astype(dt).reshape(1))
+                for k in absent_val:
+                    history[k].append(nan_log(1, old[k].dtype))
                 postfix["val"] = f"{float(v):.4g}"
             if checkpoint is not None and (
                 step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
             ):
                 save_checkpoint(checkpoint, current_state())
                 last_saved = step
+            if callback is not None and step % callback_every == 0:
+                stop_requested = callback(step, current_state()) is True
+                if stop_requested and checkpoint is not None and last_saved != step:
+                    save_checkpoint(checkpoint, current_state())
+                    last_saved = step
             postfix["steps/s"] = f"{(step - start_step) / max(train_seconds, 1e-9):.0f}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(n)
@@ -354,4 +521,6 @@ def fit(
         steps_per_second=trained / train_seconds if trained else 0.0,
         compile_seconds=compile_seconds,
         wall_seconds=time.perf_counter() - t_start,
+        step=step,
+        key=key,
     )
