@@ -1,6 +1,6 @@
 """Training objectives: every loss is ``loss(model, key, batch, **config) -> scalar``.
 
-Fix the configuration with ``functools.partial`` (or :func:`get_loss`, which also validates it
+Fix the configuration with ``functools.partial`` (or [`get_loss`][], which also validates it
 eagerly) and hand the result to ``diffeqgen.train.fit``. The model is called on ONE sample,
 ``model(t, x)`` (Diffrax convention, ``x`` of shape ``event``), and vmapped over the batch.
 
@@ -14,17 +14,15 @@ the formulas in the texts; it is not divided by the dimension.
 
 Which network each loss trains (the ``kind`` to give ``paths.as_vector_field``/``as_score``):
 
-=====================  ==========================================  =========================
-loss                   target of ``model(t, x_t)``                 kind
-=====================  ==========================================  =========================
-flow_matching_loss     u_t(x_t | x1) = alpha' x1 + sigma' eps      "velocity"
-score_matching_loss    grad log p_t(x_t | x1) = -eps / sigma       "score"
-denoiser_loss          x1 (so D = E[x1 | x_t])                     "denoiser"
-eps_loss               eps                                         "eps"
-ddpm_loss              eps at discrete step k, t_k = 1 - k / T     "eps" (DDPM schedule)
-dsm_loss / ncsm_loss   score of the data smoothed by N(0, s^2 I)   called as model(s, x)
-interpolant_loss       x1 - x0 on x_t = (1 - t) x0 + t x1          "velocity" (data to data)
-=====================  ==========================================  =========================
+| loss                | target of ``model(t, x_t)``                | kind                      |
+| ------------------- | ------------------------------------------ | ------------------------- |
+| flow_matching_loss  | ``u_t(x_t | x1) = alpha' x1 + sigma' eps`` | "velocity"                |
+| score_matching_loss | ``grad log p_t(x_t | x1) = -eps / sigma``  | "score"                   |
+| denoiser_loss       | ``x1`` (so ``D = E[x1 | x_t]``)            | "denoiser"                |
+| eps_loss            | ``eps``                                    | "eps"                     |
+| ddpm_loss           | ``eps`` at step k, ``t_k = 1 - k / T``     | "eps" (DDPM schedule)     |
+| dsm_loss, ncsm_loss | score of the data smoothed by N(0, s^2 I)  | called as model(s, x)     |
+| interpolant_loss    | ``x1 - x0`` on ``x_t = (1 - t) x0 + t x1`` | "velocity" (data to data) |
 """
 
 import functools
@@ -315,7 +313,7 @@ def interpolant_loss(
     Couplings: ``"independent"`` pairs x0 and x1 at random. ``"ot"`` pairs them by minibatch
     optimal transport for the squared Euclidean cost, on device: log-domain Sinkhorn (final
     regulariser ``ot_epsilon`` x mean cost, ``ot_iters`` iterations with epsilon scaling), then
-    each x0 draws its partner from its row of the plan (:func:`ot_pairing`). Why Sinkhorn and not
+    each x0 draws its partner from its row of the plan ([`ot_pairing`][]). Why Sinkhorn and not
     an exact assignment: Hungarian/auction solvers are sequential with data-dependent control
     flow (slow to compile and run inside the fused ``lax.scan`` training step, or a host
     round trip through scipy), whereas Sinkhorn is a fixed number of dense, vectorised
