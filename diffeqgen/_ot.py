@@ -80,7 +80,7 @@ def ot_pairing(
 ) -> Int[Array, " n"]:
     """Indices ``j`` pairing each ``x0[i]`` with ``x1[j[i]]`` by minibatch OT (squared Euclidean).
 
-    Computes the Sinkhorn plan of :func:`sinkhorn_log_plan` and draws each row's partner from the
+    Computes the Sinkhorn plan of ``sinkhorn_log_plan`` and draws each row's partner from the
     row of the plan (a categorical draw; with a small ``epsilon`` this is almost always the row's
     arg-max). Drawing rather than taking the arg-max keeps the target marginal uniform in
     expectation (each column of the plan sums to 1/n), so the coupling does not bias which targets

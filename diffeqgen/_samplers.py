@@ -76,8 +76,8 @@ def ddpm_sample(
 ) -> Solution:
     r"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with sigma_k^2 = beta_k.
 
-    For k = T, ..., 1: ``x_{k-1} = (x_k - beta_k / sqrt(1 - abar_k) eps(t_k, x_k)) / sqrt(alpha_k)
-    + sqrt(beta_k) z`` with ``z ~ N(0, I)`` (no noise at k = 1) and model time t_k = 1 - k/T.
+    For k = T, ..., 1: ``x_{k-1} = (x_k - beta_k / sqrt(1 - abar_k) eps(t_k, x_k)) / sqrt(alpha_k) +
+    sqrt(beta_k) z`` with ``z ~ N(0, I)`` (no noise at k = 1) and model time t_k = 1 - k/T.
 
     Args:
         eps_model: noise predictor ``eps(t, x, args)`` on one sample.
@@ -220,7 +220,7 @@ def langevin_mcmc(
         key: PRNG key.
         step_size: h > 0.
         num_steps: number of updates (= nfe).
-        temperature: > 0.
+        temperature: noise temperature, > 0 (1: the standard algorithm).
         t: the time (or noise level, for a noise-conditional score) the score is taken at.
         args: passed to ``score`` (shared by every chain).
         cond: optional per-chain condition (leading axis n), mapped with the chains.
@@ -382,7 +382,7 @@ def annealed_langevin(
         key: PRNG key.
         step_size: h at the last (smallest) level, > 0.
         steps_per_level: Langevin updates per level (>= 1).
-        temperature: > 0.
+        temperature: noise temperature, > 0 (1: the standard algorithm).
         args: passed to ``score`` (shared by every chain).
         cond: optional per-chain condition (leading axis n), mapped with the chains.
 

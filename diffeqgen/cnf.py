@@ -7,7 +7,7 @@ instantaneous change of variables
     d/dt log p_t(z(t)) = -tr(df/dz(t)),
 
 so ``log p_1(x) = log p_0(z(t0)) - int_{t0}^{t1} tr(df/dz) dt`` where ``z`` solves the ODE backwards
-from ``z(t1) = x``. :func:`log_prob` integrates the augmented state ``[z, delta]`` with
+from ``z(t1) = x``. [`log_prob`][] integrates the augmented state ``[z, delta]`` with
 ``d delta/dt = -tr(df/dz)`` from ``t1`` back to ``t0`` and returns
 ``log p_base(z(t0)) - delta(t0)``. The trace is exact (forward-mode Jacobian, right in low
 dimension) or Hutchinson's estimate ``E[v^T (df/dz) v]`` with probes drawn once per solve.
@@ -71,7 +71,7 @@ def log_prob(
 
     Args:
         vector_field: ``f(t, x, args) -> dx/dt`` on ONE sample (Diffrax convention), e.g. a
-            :class:`CNF`, a ``diffeqgen.nn.MLP`` or ``diffeqgen.paths.as_vector_field(...)``.
+            [`CNF`][], a ``diffeqgen.nn.MLP`` or ``diffeqgen.paths.as_vector_field(...)``.
         x: points of shape ``(n, *event)`` (``(n, d)`` for vectors).
         t0: time of the base density (noise side).
         t1: time of ``x`` (data side); ``t0 < t1``.
@@ -172,8 +172,8 @@ def sample_and_log_prob(
     """Draw ``n`` samples at ``t1`` by integrating base samples forward, with their log-densities.
 
     ``z(t0) ~ base``, ``x = z(t1)`` and ``log p_1(x) = log p_base(z(t0)) + delta(t1)`` with
-    ``d delta/dt = -tr(df/dz)``, ``delta(t0) = 0``: the forward twin of :func:`log_prob` (the two
-    round-trip up to solver error). Options as in :func:`log_prob`; ``key`` is split into the base
+    ``d delta/dt = -tr(df/dz)``, ``delta(t0) = 0``: the forward twin of [`log_prob`][] (the two
+    round-trip up to solver error). Options as in [`log_prob`][]; ``key`` is split into the base
     sample key and the Hutchinson probe key.
 
     Args:
@@ -319,7 +319,7 @@ def nll_loss(
     The loss of maximum-likelihood CNF training, ``loss(model, key, batch)`` as
     ``diffeqgen.train.fit`` expects (bind options with ``functools.partial``). Defaults to a
     cheap fixed-step RK4 solve (8 steps) for training; evaluate the trained model with a tight
-    adaptive :func:`log_prob`. ``key`` draws Hutchinson probes (unused for the exact trace).
+    adaptive [`log_prob`][]. ``key`` draws Hutchinson probes (unused for the exact trace).
     ``batch`` is ``x`` ``(n, *event)`` or ``(x, cond)`` (``losses.split_batch``), the latter
     training a conditional density ``p(x | cond)`` with the model called as ``f(t, x, cond)``.
     """

@@ -1,13 +1,13 @@
 """Training objectives: every loss is ``loss(model, key, batch, **config) -> scalar``.
 
-Fix the configuration with ``functools.partial`` (or :func:`get_loss`, which also validates it
+Fix the configuration with ``functools.partial`` (or [`get_loss`][], which also validates it
 eagerly) and hand the result to ``diffeqgen.train.fit``. The model is called on ONE sample,
 ``model(t, x, args)`` (Diffrax convention, ``x`` of shape ``event``), and vmapped over the batch;
 ``args`` is the sample's condition (``None`` without one).
 
 Batches and conditioning: ``batch`` is an array ``(n, *event)``, a pair ``(x, cond)`` or a dict
 ``{"x": x, "cond": cond}`` where ``cond`` is any pytree whose leaves have leading axis ``n``
-(:func:`split_batch`). The model then sees ``model(t, x_i, cond_i)``. For classifier-free
+([`split_batch`][]). The model then sees ``model(t, x_i, cond_i)``. For classifier-free
 guidance every loss takes ``cond_dropout=p`` and ``null_cond=c``: each sample's condition is
 replaced by ``c`` with probability ``p`` (a separate key, so ``p = 0`` changes nothing), which
 trains the unconditional model ``f(t, x, c)`` alongside the conditional one; sample with
@@ -23,17 +23,15 @@ the formulas in the texts; it is not divided by the dimension.
 
 Which network each loss trains (the ``kind`` to give ``paths.as_vector_field``/``as_score``):
 
-=====================  ==========================================  =========================
-loss                   target of ``model(t, x_t, cond)``           kind
-=====================  ==========================================  =========================
-flow_matching_loss     u_t(x_t | x1) = alpha' x1 + sigma' eps      "velocity"
-score_matching_loss    grad log p_t(x_t | x1) = -eps / sigma       "score"
-denoiser_loss          x1 (so D = E[x1 | x_t])                     "denoiser"
-eps_loss               eps                                         "eps"
-ddpm_loss              eps at discrete step k, t_k = 1 - k / T     "eps" (DDPM schedule)
-dsm_loss / ncsm_loss   score of the data smoothed by N(0, s^2 I)   called as model(s, x)
-interpolant_loss       x1 - x0 on x_t = (1 - t) x0 + t x1          "velocity" (data to data)
-=====================  ==========================================  =========================
+| loss                | target of ``model(t, x_t, cond)``          | kind                        |
+| ------------------- | ------------------------------------------ | --------------------------- |
+| flow_matching_loss  | ``u_t(x_t | x1) = alpha' x1 + sigma' eps`` | "velocity"                  |
+| score_matching_loss | ``grad log p_t(x_t | x1) = -eps / sigma``  | "score"                     |
+| denoiser_loss       | ``x1`` (so ``D = E[x1 | x_t]``)            | "denoiser"                  |
+| eps_loss            | ``eps``                                    | "eps"                       |
+| ddpm_loss           | ``eps`` at step k, ``t_k = 1 - k / T``     | "eps" (DDPM schedule)       |
+| dsm_loss, ncsm_loss | score of the data smoothed by N(0, s^2 I)  | called as model(s, x, cond) |
+| interpolant_loss    | ``x1 - x0`` on ``x_t = (1 - t) x0 + t x1`` | "velocity" (data to data)   |
 """
 
 import functools
@@ -220,7 +218,7 @@ def flow_matching_loss(
     Args:
         model: velocity network ``model(t, x, args) -> (event)`` on one sample.
         key: PRNG key (t and eps).
-        batch: data ``x1`` ``(n, *event)``, or ``(x1, cond)`` (see :func:`split_batch`).
+        batch: data ``x1`` ``(n, *event)``, or ``(x1, cond)`` (see [`split_batch`][]).
         path: a ``GaussianPath`` or a name for ``paths.get_path``.
         cond_dropout: probability of replacing a sample's condition by ``null_cond``.
         null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
@@ -325,7 +323,7 @@ def dsm_loss(
     Args:
         model: score network ``model(sigma, x, args) -> (event)``.
         key: PRNG key.
-        batch: data ``(n, *event)`` or ``(x, cond)`` (see :func:`split_batch`).
+        batch: data ``(n, *event)`` or ``(x, cond)`` (see [`split_batch`][]).
         sigma: noise standard deviation (> 0).
         k: noise draws per data point (>= 1).
         cond_dropout: probability of replacing a sample's condition by ``null_cond``.
@@ -403,7 +401,7 @@ def ddpm_loss(
     Args:
         model: noise-prediction network ``model(t_k, x_k, args) -> (event)``.
         key: PRNG key (steps and noise).
-        batch: clean data ``x0`` ``(n, *event)`` or ``(x0, cond)`` (see :func:`split_batch`).
+        batch: clean data ``x0`` ``(n, *event)`` or ``(x0, cond)`` (see [`split_batch`][]).
         schedule: a ``paths.DDPMSchedule`` (``num_steps`` T and ``alpha_bars`` of length T,
             ``alpha_bars[k - 1]`` for step k).
         cond_dropout: probability of replacing a sample's condition by ``null_cond``.
@@ -462,7 +460,7 @@ def interpolant_loss(
     Couplings: ``"independent"`` pairs x0 and x1 at random. ``"ot"`` pairs them by minibatch
     optimal transport for the squared Euclidean cost, on device: log-domain Sinkhorn (final
     regulariser ``ot_epsilon`` x mean cost, ``ot_iters`` iterations with epsilon scaling), then
-    each x0 draws its partner from its row of the plan (:func:`ot_pairing`). Why Sinkhorn and not
+    each x0 draws its partner from its row of the plan ([`ot_pairing`][]). Why Sinkhorn and not
     an exact assignment: Hungarian/auction solvers are sequential with data-dependent control
     flow (slow to compile and run inside the fused ``lax.scan`` training step, or a host
     round trip through scipy), whereas Sinkhorn is a fixed number of dense, vectorised
@@ -474,7 +472,7 @@ def interpolant_loss(
     Args:
         model: velocity network ``model(t, x, args) -> (event)``.
         key: PRNG key.
-        batch: target samples ``(n, *event)`` or ``(x1, cond)`` (see :func:`split_batch`);
+        batch: target samples ``(n, *event)`` or ``(x1, cond)`` (see [`split_batch`][]);
             the condition follows its target point through the OT re-pairing.
         source: a sampler ``(key, n) -> (n, *event)``, a dataset name for ``data.sample``, or an
             array ``(N, *event)`` drawn from uniformly with replacement.

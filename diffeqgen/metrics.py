@@ -377,7 +377,7 @@ def floor_stats(
     repeats: int = 5,
     **kw: Any,
 ) -> FloorStats:
-    """:func:`floor` over ``repeats`` independent pairs of real sets: its mean and spread.
+    """[`floor`][] over ``repeats`` independent pairs of real sets: its mean and spread.
 
     A single floor is itself a random number (W2 between two sets of 2000 mixture points ranges
     over a factor of two from seed to seed, as mode weights fluctuate), so a score is best read
@@ -385,8 +385,8 @@ def floor_stats(
     to their ``value``.
 
     Args:
-        metric: as in :func:`floor`.
-        sampler: as in :func:`floor`.
+        metric: as in [`floor`][].
+        sampler: as in [`floor`][].
         n: set size (>= 1).
         key: PRNG key; repeat ``r`` uses ``jr.fold_in(key, r)``.
         repeats: number of independent pairs (>= 2).

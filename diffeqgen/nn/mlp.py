@@ -228,7 +228,7 @@ class TimeConcat(eqx.Module):
 
     ``TimeConcat(net)(t, x, args) = net(concat([x, [t]]))`` (``args`` ignored), so a plain
     ``eqx.nn.MLP(d + 1, d, width, depth, key=key)`` trains, samples and gives likelihoods like
-    any model of the package. Build it with :func:`time_concat`.
+    any model of the package. Build it with [`time_concat`][].
     """
 
     net: Callable
