@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from ._checks import check_array, check_finite
+from .losses import SIGNATURE_HINT, split_batch
 
 __all__ = [
     "check_data",
@@ -151,18 +152,11 @@ def draw(data, is_sampler: bool, key, n: int):
 def _first_sample(batch):
     """``(x_i, cond_i)`` shapes of one sample of a batch, or None if the layout is unknown.
 
-    Mirrors the batch convention of ``diffeqgen.losses.split_batch``: an array ``x``, a pair
-    ``(x, cond)`` or a dict ``{"x": x, "cond": cond}``.
+    The batch convention is that of ``diffeqgen.losses.split_batch``.
     """
-    if hasattr(batch, "shape"):
-        x, cond = batch, None
-    elif isinstance(batch, tuple) and len(batch) == 2:
-        x, cond = batch
-    elif isinstance(batch, dict) and "x" in batch:
-        x, cond = batch["x"], batch.get("cond")
-    else:
-        return None
-    if not hasattr(x, "shape") or len(x.shape) < 1:
+    try:
+        x, cond = split_batch(batch)
+    except (TypeError, ValueError):
         return None
     one = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)  # noqa: E731
     return one(x), jax.tree_util.tree_map(one, cond)
@@ -207,7 +201,8 @@ def check_loss(loss_fn, model, key, batch):
             f"time, x of shape {tuple(x.shape)}, args the sample's condition or None), but "
             f"calling {type(model).__name__}(t, x, args) raised {problem}. A network that takes "
             f"a single input (such as eqx.nn.MLP) becomes such a model with the adapter "
-            f"diffeqgen.nn.time_concat. (loss_fn(model, key, batch) raised: {e})"
+            f"diffeqgen.nn.time_concat."
+            + ("" if SIGNATURE_HINT in str(e) else f" (loss_fn(model, key, batch) raised: {e})")
         ) from None
     except Exception as e:
         e.add_note("(raised by fit's check call loss_fn(model, key, batch) on one batch)")

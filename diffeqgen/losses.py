@@ -107,7 +107,7 @@ def _apply(model: Model, t: Array, x: Array, cond: Any = None) -> Array:
         raise TypeError(f"calling the model failed ({e}): {SIGNATURE_HINT}") from e
 
 
-def split_batch(batch: Any) -> tuple[Array, Any]:
+def split_batch(batch: Any) -> tuple[Any, Any]:
     """Split a training batch into data ``x`` ``(n, *event)`` and per-sample condition ``cond``.
 
     Accepted forms: an array ``x`` (``cond`` is ``None``); a pair ``(x, cond)``; a dict with key
