@@ -42,7 +42,7 @@ def _coefficients(path, t):
     t = jnp.asarray(t)
     if t.ndim != 0:
         raise ValueError(f"t must be a scalar, got shape {tuple(t.shape)}")
-    return path.alpha(t), path.sigma(t)
+    return jnp.asarray(path.alpha(t)), jnp.asarray(path.sigma(t))
 
 
 def _check_x(mixture, x):
