@@ -502,8 +502,8 @@ class VEPath(GaussianPath):
 
     Classic time s = 1 - t: sigma(s) = sigma_min (sigma_max/sigma_min)^s, forward SDE
     dx = g(s) dW with g(s) = sigma(s) sqrt(2 log(sigma_max/sigma_min)). Nothing vanishes: at
-    t = 1 the path is the data blurred by N(0, sigma_min^2); at t = 0 the reference is
-    approximately N(0, sigma_max^2 I) (sigma_max should exceed the data scale).
+    t = 1 the path is the data blurred by N(0, sigma_min^2); at t = 0 the reference (``prior``) is
+    N(0, sigma_max^2 I), a good approximation of p_0 when sigma_max exceeds the data scale.
     """
 
     sigma_min: float

@@ -316,7 +316,7 @@ def test_custom_path_endpoints_and_autodiff_derivatives(x64):
 
 
 def test_custom_cosine_matches_builtin_everywhere(key, x64):
-    from diffeqgen import groundtruth, losses, sdes
+    from diffeqgen import groundtruth, losses, sdes, solve
     from diffeqgen.data import GaussianMixture
 
     p, ref = _custom_cosine(), get_path("cosine")
@@ -378,6 +378,12 @@ def test_custom_cosine_matches_builtin_everywhere(key, x64):
                 paths.as_vector_field(model, ref, kind),
             )
             np.testing.assert_allclose(f(s, x[0], None), f_ref(s, x[0], None), rtol=1e-10)
+    # Samplers: the reverse SDE from noise, same key, same numbers.
+    x0 = jr.normal(k1, (5, 2))
+    kw = dict(key=k2, t0=p.t_min, t1=p.t_max, steps=8)
+    np.testing.assert_allclose(
+        solve.sample_sde(sde, x0, **kw).x, solve.sample_sde(sde_ref, x0, **kw).x, rtol=1e-9
+    )
 
 
 def test_alpha_vanishing_at_0_never_gives_nan(key):
