@@ -255,6 +255,8 @@ def test_validation_errors():
         convert(jnp.zeros(3), x, 0.5, get_path("linear"), source="eps", target="score")
     with pytest.raises(ValueError, match="kind"):
         paths.as_vector_field(lambda t, x, a: x, get_path("linear"), "noise")
+    with pytest.raises(TypeError, match="path"):  # ours, or the jaxtyping hook in the tests
+        paths.as_vector_field(lambda t, x, a: x, "linear", "velocity")
 
 
 def test_ddpm_schedule(x64):
@@ -479,16 +481,39 @@ def test_custom_path_with_traced_parameters(key, x64):
     flags = dict(alpha_vanishes_at_0=True, sigma_vanishes_at_1=True)
     traced = jax.jit(lambda c: target(c, **flags))(1.5)
     np.testing.assert_allclose(traced, target(1.5), rtol=1e-12)
+    # A subclass declares its endpoints as class attributes and then also works traced.
+
+    class Power(GaussianPath):
+        c: jax.Array
+        alpha_vanishes_at_0 = True
+        sigma_vanishes_at_1 = True
+
+        def __init__(self, c):
+            self.c, self.t_eps = c, 1e-3
+
+        def alpha(self, t):
+            return t**self.c
+
+        def sigma(self, t):
+            return 1.0 - t
+
+    def sub_target(c):
+        p = Power(c)
+        return p.cond_velocity(p.interpolate(x1, eps, 0.3), x1, 0.3), p.diffusion(0.0)
+
+    sub, g0 = jax.jit(sub_target)(1.5)
+    np.testing.assert_allclose(sub, target(1.5), rtol=1e-12)
+    assert np.isfinite(float(g0))
     # A learnable schedule (an Equinox module as alpha) differentiates through its parameter:
     # d/dc of x_t = t^c x1 + (1 - t) eps is t^c log(t) x1.
 
-    class Power(eqx.Module):
+    class PowerFn(eqx.Module):
         c: jax.Array
 
         def __call__(self, t):
             return t**self.c
 
-    p = custom_path(Power(jnp.asarray(1.5)), lambda t: 1.0 - t)
+    p = custom_path(PowerFn(jnp.asarray(1.5)), lambda t: 1.0 - t)
     grads = eqx.filter_grad(lambda q: jnp.sum(q.interpolate(x1, eps, 0.3)))(p)
     expected = 0.3**1.5 * math.log(0.3) * jnp.sum(x1)
     np.testing.assert_allclose(grads.alpha_fn.c, expected, rtol=1e-12)
