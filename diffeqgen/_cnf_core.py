@@ -17,6 +17,7 @@ import jax.random as jr
 from . import solve as _solve
 from ._checks import check_choice, check_int, check_positive
 from ._conditioning import in_axes, merge, one_sample
+from ._gaussian_paths import GaussianPath
 from ._solvers import eager_fsal, evals_per_step
 from ._types import Array
 
@@ -254,3 +255,18 @@ def _nfe(solver, num_steps: Array) -> Array:
     at_init, per_step = counts
     nfe = at_init + per_step * num_steps
     return jnp.mean(nfe.astype(jnp.float32))
+
+
+def _default_base(vector_field: Callable, base: Any, event_shape, t0) -> Any:
+    """The base density: ``base`` if given; else the prior of the path the field carries.
+
+    A field carries a path when its attribute ``path`` is a ``GaussianPath`` (the fields of
+    ``paths.as_vector_field`` and ``groundtruth.velocity_field`` do); its base is then
+    ``path.prior(event_shape, t=t0)`` = N(0, sigma(t0)^2 I). Otherwise ``None`` (N(0, I)).
+    """
+    if base is not None:
+        return base
+    path = getattr(vector_field, "path", None)
+    if isinstance(path, GaussianPath):
+        return path.prior(tuple(event_shape), t=t0)
+    return None

@@ -98,6 +98,11 @@ class Guided(eqx.Module):
     weight: Array
     null_cond: Any
 
+    @property
+    def path(self) -> Any:
+        """The Gaussian path of the guided model, if it has one (its prior is the CNF base)."""
+        return getattr(self.model, "path", None)
+
     def __call__(self, t: RealScalarLike, x: Array, args: Any) -> Array:
         """Guided prediction on one sample; ``args`` is the sample's condition ``c``."""
         w = self.weight.astype(x.dtype)

@@ -6,14 +6,19 @@ Convention: t = 0 is noise, t = 1 is data. Classic diffusion time (Song et al. 2
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_choice, check_positive
+from ._priors import IsotropicGaussian
+from ._types import RealScalarLike
 
 __all__ = [
     "GaussianPath",
+    "IsotropicGaussian",
     "LinearPath",
     "CosinePath",
     "PolynomialPath",
@@ -51,78 +56,251 @@ def _expand(c: Array, x: Array) -> Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
+def _coef(fn, t: Array) -> Array:
+    """``fn(t)`` as an array of the shape of ``t`` (a schedule may return a constant)."""
+    out = jnp.asarray(fn(t))
+    if out.shape != t.shape:
+        out = jnp.broadcast_to(out, t.shape)
+    return out
+
+
+def _elementwise_derivative(f, t: Array) -> Array:
+    """The derivative of an elementwise function f at every entry of ``t`` (forward mode)."""
+    return jax.jvp(f, (t,), (jnp.ones_like(t),))[1]
+
+
+_TRACED = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError)
+
+
+def _concrete_float(x) -> float | None:
+    """``float(x)``, or None when ``x`` is a tracer."""
+    try:
+        return float(x)
+    except _TRACED:
+        return None
+
+
+def _vanishes(path: "GaussianPath", which: str, t: float) -> bool:
+    """Whether ``which`` (alpha or sigma) is zero at t, relative to max(|alpha|, |sigma|) there."""
+    flag = f"{which}_vanishes_at_{int(t)}"
+    with jax.ensure_compile_time_eval():
+        tt = jnp.asarray(t, jnp.result_type(float))
+        v = _concrete_float(jnp.abs(_coef(getattr(path, which), tt)))
+        a = _concrete_float(jnp.abs(_coef(path.alpha, tt)))
+        s = _concrete_float(jnp.abs(_coef(path.sigma, tt)))
+    if v is None or a is None or s is None:
+        raise ValueError(
+            f"{type(path).__name__}: cannot tell whether {which}({int(t)}) = 0 because the "
+            f"schedule's parameters are traced; declare it: a class attribute {flag} = True/False "
+            f"on a subclass, or custom_path(..., {flag}=...)"
+        )
+    return v <= _VANISH_RTOL * max(a, s)
+
+
+_VANISH_RTOL = 1e-6
+
+
+def _check_schedule(path: "GaussianPath") -> None:
+    name = type(path).__name__
+    if isinstance(getattr(path, "name", None), str):
+        name = f"{name} {path.name!r}"
+    hint = (
+        "; time runs from t = 0 (noise) to t = 1 (data): a schedule written in classic diffusion"
+        " time s (s = 0 data) is one in t by s = 1 - t"
+    )
+    with jax.ensure_compile_time_eval():
+        dtype = jnp.result_type(float)
+        try:
+            t = jnp.linspace(0.0, 1.0, 33, dtype=dtype)
+            a, s = np.asarray(_coef(path.alpha, t)), np.asarray(_coef(path.sigma, t))
+            lo, hi = path.t_min, path.t_max
+            ti = jnp.linspace(lo, hi, 33, dtype=dtype)
+            ai, si = np.asarray(_coef(path.alpha, ti)), np.asarray(_coef(path.sigma, ti))
+            dai, dsi = np.asarray(_coef(path.d_alpha, ti)), np.asarray(_coef(path.d_sigma, ti))
+            tm = jnp.linspace(0.05, 0.95, 10, dtype=dtype)
+            derivs = [
+                (
+                    which,
+                    np.asarray(_coef(getattr(path, "d_" + which), tm)),
+                    np.asarray(GaussianPath._autodiff(path, getattr(path, which), tm)),
+                )
+                for which in ("alpha", "sigma")
+            ]
+        except _TRACED:
+            return
+    t, ti, tm = np.asarray(t), np.asarray(ti), np.asarray(tm)
+    tol = _VANISH_RTOL * np.maximum(np.abs(a), np.abs(s))  # cos(pi / 2) < 0 in float32
+    for which, v in (("alpha", a), ("sigma", s)):
+        bad = ~np.isfinite(v) | (v < -tol)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{name}: {which}(t) must be finite and >= 0 on [0, 1], got {which}({t[i]:.4g}) ="
+                f" {float(v[i])!r}"
+            )
+    for which, v in (("alpha", ai), ("sigma", si)):
+        if not (v > 0).all():
+            i = int(np.argmax(~(v > 0)))
+            raise ValueError(
+                f"{name}: {which}(t) must be > 0 on [t_min, t_max] = [{lo:.4g}, {hi:.4g}], got "
+                f"{which}({ti[i]:.4g}) = {float(v[i])!r} (only alpha(0) and sigma(1) may vanish)"
+                + hint
+            )
+    for which, v in (("d_alpha", dai), ("d_sigma", dsi)):
+        if not np.isfinite(v).all():
+            i = int(np.argmax(~np.isfinite(v)))
+            raise ValueError(f"{name}: {which}({ti[i]:.4g}) = {float(v[i])!r} is not finite")
+    det = ai * dsi - si * dai
+    if not (det < 0).all():
+        i = int(np.argmax(~(det < 0)))
+        raise ValueError(
+            f"{name}: the signal-to-noise ratio alpha^2 / sigma^2 must increase with t, but "
+            f"alpha d_sigma - sigma d_alpha = {float(det[i])!r} >= 0 at t = {ti[i]:.4g}" + hint
+        )
+    for which, given, auto in derivs:
+        scale = max(1.0, float(np.max(np.abs(auto))))
+        if not np.allclose(given, auto, rtol=1e-3, atol=1e-5 * scale):
+            i = int(np.argmax(np.abs(given - auto)))
+            raise ValueError(
+                f"{name}: d_{which}({tm[i]:.4g}) = {float(given[i])!r} but autodiff of {which} "
+                f"gives {float(auto[i])!r}; d_{which} must be the time derivative of {which}"
+            )
+
+
 class GaussianPath(eqx.Module):
     r"""A Gaussian probability path x_t = alpha(t) x1 + sigma(t) eps, eps ~ N(0, I).
 
-    Time convention: t = 0 is (mostly) noise, t = 1 is data. A subclass defines ``_alpha``,
-    ``_sigma`` and their exact time derivatives ``_d_alpha``, ``_d_sigma``.
+    Time convention: t = 0 is (mostly) noise, t = 1 is data; the signal-to-noise ratio
+    alpha^2 / sigma^2 increases with t.
 
-    Endpoints: where alpha (at t = 0) or sigma (at t = 1) vanishes, the methods that divide by it
-    (``cond_velocity``, ``cond_score``, ``snr``, ``diffusion``, and the parametrisation
-    conversions) clip t into [t_min, t_max], with t_min = t_eps if alpha(0) = 0 else 0 and
-    t_max = 1 - t_eps if sigma(1) = 0 else 1. ``alpha``, ``sigma``, ``interpolate``, ``sample``
-    and ``cond_velocity_on_path`` are exact on all of [0, 1]. Derivatives that are themselves
-    infinite at an endpoint (VP's d_sigma at t = 1, a polynomial with p < 1 at t = 0) are
-    evaluated at the clipped time. No method returns inf or NaN at t in [0, 1].
+    Defining a path: subclass and override the public methods ``alpha(t)`` and ``sigma(t)``
+    (elementwise on a float array ``t`` of any shape), and set ``t_eps`` in ``__init__``;
+    ``d_alpha`` and ``d_sigma`` default to exact derivatives by autodiff (``jax.jvp``) and may be
+    overridden with closed forms. Or build one from two functions with
+    :func:`diffeqgen.paths.custom_path`. Every loss, sampler, conversion and ground-truth function
+    then works with the path::
 
-    All coefficient methods act elementwise on ``t`` (any shape). Methods taking samples accept
-    ``x`` of shape (..., *event) and ``t`` either scalar or indexing the leading axes of ``x``.
+        class SquaredPath(dg.paths.GaussianPath):
+            def __init__(self, t_eps=1e-3):
+                self.t_eps = t_eps
+
+            def alpha(self, t):
+                return t**2
+
+            def sigma(self, t):
+                return 1.0 - t
+
+    A subclass that does not define ``alpha`` or ``sigma`` fails at construction with an error
+    naming the missing method.
+
+    Endpoints: where alpha vanishes at t = 0 (the t = 0 marginal is pure noise) or sigma at t = 1
+    (the t = 1 marginal is the data), the methods that divide by it (``cond_velocity``,
+    ``cond_score``, ``snr``, ``diffusion``, and the parametrisation conversions) clip t into
+    [t_min, t_max], with t_min = t_eps if alpha(0) = 0 else 0 and t_max = 1 - t_eps if
+    sigma(1) = 0 else 1. Whether alpha(0) or sigma(1) vanishes is declared by the properties
+    ``alpha_vanishes_at_0`` and ``sigma_vanishes_at_1``: the built-in paths set them, and for other
+    paths they are detected by evaluating alpha(0) and sigma(1) (a subclass may declare them as
+    class attributes instead, which it must when its parameters are traced). ``alpha``,
+    ``sigma``, ``interpolate``, ``sample`` and ``cond_velocity_on_path`` are exact on all of
+    [0, 1]. Derivatives that are themselves infinite at an endpoint (VP's d_sigma at t = 1, a
+    polynomial with p < 1 at t = 0) are evaluated at the nearest time in [t_eps, 1 - t_eps]. No
+    method returns inf or NaN at t in [0, 1].
+
+    Methods taking samples accept ``x`` of shape (..., *event) and ``t`` either scalar or
+    indexing the leading axes of ``x``.
     """
 
     t_eps: float
 
-    _alpha_vanishes_at_0 = False
-    _sigma_vanishes_at_1 = False
+    def __check_init__(self):
+        missing = [
+            m for m in ("alpha", "sigma") if getattr(type(self), m) is getattr(GaussianPath, m)
+        ]
+        if missing:
+            needed = " and ".join(f"{m}(self, t)" for m in missing)
+            raise TypeError(
+                f"{type(self).__name__} must define {needed}: a GaussianPath subclass overrides "
+                "alpha(t) and sigma(t), elementwise on a float array t (d_alpha and d_sigma "
+                "default to autodiff); or build the path with "
+                "diffeqgen.paths.custom_path(alpha, sigma)"
+            )
 
-    # -- to be defined by subclasses, on a float array t -----------------------------------
-    def _alpha(self, t):
-        raise NotImplementedError
+    # -- the schedule: override alpha and sigma (d_alpha, d_sigma optionally) ----------------
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        """Signal coefficient at time t, elementwise on ``t`` (exact, unclipped)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define alpha(self, t) (see diffeqgen.paths.GaussianPath)"
+        )
 
-    def _sigma(self, t):
-        raise NotImplementedError
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        """Noise coefficient at time t, elementwise on ``t`` (exact, unclipped)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define sigma(self, t) (see diffeqgen.paths.GaussianPath)"
+        )
 
-    def _d_alpha(self, t):
-        raise NotImplementedError
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        """Exact time derivative d alpha / dt (autodiff unless overridden).
 
-    def _d_sigma(self, t):
-        raise NotImplementedError
+        Where it is infinite (an endpoint), it is taken at the nearest time in [t_eps, 1 - t_eps].
+        """
+        return self._autodiff(self.alpha, t)
+
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        """Exact time derivative d sigma / dt (autodiff unless overridden).
+
+        Where it is infinite (an endpoint), it is taken at the nearest time in [t_eps, 1 - t_eps].
+        """
+        return self._autodiff(self.sigma, t)
+
+    def _autodiff(self, fn, t):
+        t = _time(t)
+
+        def f(s):
+            return _coef(fn, s)
+
+        finite = jnp.isfinite(_elementwise_derivative(f, t))
+        # An infinite derivative at an endpoint (alpha = sqrt(t) at 0) is taken at the nearest
+        # time in [t_eps, 1 - t_eps]; one evaluation at the chosen time keeps gradients finite.
+        t_safe = jnp.where(finite, t, jnp.clip(t, self.t_eps, 1.0 - self.t_eps))
+        return _elementwise_derivative(f, t_safe)
 
     # -- endpoints ------------------------------------------------------------------------
     @property
+    def alpha_vanishes_at_0(self) -> bool:
+        """Whether alpha(0) = 0 (the t = 0 marginal is pure noise N(0, sigma(0)^2 I)).
+
+        Declared by the built-in paths and ``custom_path``; otherwise detected from alpha(0)
+        (zero when |alpha(0)| <= 1e-6 max(|alpha(0)|, |sigma(0)|), so cos(pi / 2) counts).
+        """
+        return _vanishes(self, "alpha", 0.0)
+
+    @property
+    def sigma_vanishes_at_1(self) -> bool:
+        """Whether sigma(1) = 0 (the t = 1 marginal is the data itself).
+
+        Declared by the built-in paths and ``custom_path``; otherwise detected from sigma(1).
+        """
+        return _vanishes(self, "sigma", 1.0)
+
+    @property
     def t_min(self) -> float:
         """Smallest t used by dividing methods: ``t_eps`` where alpha(0) = 0, else 0."""
-        return self.t_eps if self._alpha_vanishes_at_0 else 0.0
+        return self.t_eps if self.alpha_vanishes_at_0 else 0.0
 
     @property
     def t_max(self) -> float:
         """Largest t used by dividing methods: ``1 - t_eps`` where sigma(1) = 0, else 1."""
-        return 1.0 - self.t_eps if self._sigma_vanishes_at_1 else 1.0
+        return 1.0 - self.t_eps if self.sigma_vanishes_at_1 else 1.0
 
     def clip(self, t: TimeLike) -> Float[Array, "..."]:
         """Clip t into [t_min, t_max]."""
         return jnp.clip(_time(t), self.t_min, self.t_max)
 
-    # -- coefficients ---------------------------------------------------------------------
-    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
-        """Signal coefficient at time t (exact, unclipped)."""
-        return self._alpha(_time(t))
-
-    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
-        """Noise coefficient at time t (exact, unclipped)."""
-        return self._sigma(_time(t))
-
-    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
-        """Exact time derivative d alpha / dt (at the clipped t where it would be infinite)."""
-        return self._d_alpha(_time(t))
-
-    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
-        """Exact time derivative d sigma / dt (at the clipped t where it would be infinite)."""
-        return self._d_sigma(_time(t))
-
+    # -- derived coefficients ---------------------------------------------------------------
     def snr(self, t: TimeLike) -> Float[Array, "..."]:
         """Signal-to-noise ratio alpha(t)^2 / sigma(t)^2, at the clipped t (increasing in t)."""
         t = self.clip(t)
-        return self._alpha(t) ** 2 / self._sigma(t) ** 2
+        return _coef(self.alpha, t) ** 2 / _coef(self.sigma, t) ** 2
 
     def diffusion(self, t: TimeLike) -> Float[Array, "..."]:
         r"""Diffusion coefficient g(t) of the linear forward SDE whose marginals are this path.
@@ -131,13 +309,57 @@ class GaussianPath(eqx.Module):
         f = d log alpha / ds and g^2 = d sigma^2/ds - 2 f sigma^2. In our t this reads
         g(t)^2 = 2 sigma^2 (d_alpha / alpha - d_sigma / sigma) = sigma^2 d log snr / dt >= 0.
         For VE, VP, sub-VP and ve_t this is their classic g(s) at s = 1 - t (subclasses return
-        the closed form). Evaluated at the clipped t.
+        the closed form). Evaluated at the clipped t (finite where alpha(0) = 0).
         """
         t = self.clip(t)
-        a, s = self._alpha(t), self._sigma(t)
-        da, ds = self._d_alpha(t), self._d_sigma(t)
+        a, s = _coef(self.alpha, t), _coef(self.sigma, t)
+        da, ds = _coef(self.d_alpha, t), _coef(self.d_sigma, t)
         g2 = 2.0 * (s**2 * da / a - s * ds)
         return jnp.sqrt(jnp.maximum(g2, 0.0))
+
+    def prior(
+        self, event_shape: int | tuple[int, ...], *, t: RealScalarLike = 0.0
+    ) -> "IsotropicGaussian":
+        r"""The path's data-independent reference distribution at time t (default t = 0, noise).
+
+        Returns N(0, sigma(t)^2 I) on ``event_shape``: the law of x_t = alpha(t) x1 + sigma(t) eps
+        with the data term alpha(t) x1 dropped. Exact where alpha(0) = 0 (linear, cosine,
+        polynomial: N(0, I)); an approximation otherwise, accurate when alpha(t) x1 is small
+        beside sigma(t) (VE: N(0, sigma_max^2 I), good when sigma_max exceeds the data scale;
+        VP / sub-VP: N(0, (1 - exp(-B(1)))^k I), within about 1e-4 of the classic N(0, I)). It is
+        the default ``base`` of ``diffeqgen.cnf.log_prob`` for fields that carry the path. The exact
+        t = 0 marginal of a Gaussian mixture is ``diffeqgen.groundtruth.marginal(mix, path, 0.0)``.
+
+        Args:
+            event_shape: shape of one sample (an int ``d`` for vectors).
+            t: time of the reference (the ``t0`` of a likelihood solve).
+
+        Returns:
+            An :class:`IsotropicGaussian` with ``log_prob`` and ``sample``.
+        """
+        scale = _coef(self.sigma, _time(t))
+        if scale.ndim != 0:
+            raise ValueError(f"t must be a scalar, got shape {tuple(scale.shape)}")
+        concrete = _concrete_float(scale)
+        if concrete is not None and not (math.isfinite(concrete) and concrete > 0):
+            raise ValueError(
+                f"{type(self).__name__} has sigma(t) = {concrete} at t = {t!r}: no noise there, so"
+                " no data-independent prior; use a t with sigma(t) > 0"
+            )
+        return IsotropicGaussian(scale, event_shape)
+
+    def check(self) -> "GaussianPath":
+        """Check the schedule numerically on a grid of t; return the path (raise if wrong).
+
+        Checks that alpha and sigma are finite and >= 0 on [0, 1], that alpha and sigma are > 0
+        on [t_min, t_max] except sigma(1), that the signal-to-noise ratio increases (the time
+        convention t = 0 noise, t = 1 data: ``alpha d_sigma - sigma d_alpha < 0``, which the
+        velocity conversions divide by), and that ``d_alpha`` and ``d_sigma`` match autodiff of
+        ``alpha`` and ``sigma`` in the interior. ``custom_path`` calls it; nothing is checked
+        when the schedule's parameters are traced.
+        """
+        _check_schedule(self)
+        return self
 
     # -- samples --------------------------------------------------------------------------
     def interpolate(
@@ -146,7 +368,7 @@ class GaussianPath(eqx.Module):
         """Return x_t = alpha(t) x1 + sigma(t) eps (shapes (..., *event); t scalar or leading)."""
         x1, eps = jnp.asarray(x1), jnp.asarray(eps)
         t = _time(t)
-        return _expand(self._alpha(t), x1) * x1 + _expand(self._sigma(t), x1) * eps
+        return _expand(_coef(self.alpha, t), x1) * x1 + _expand(_coef(self.sigma, t), x1) * eps
 
     def sample(
         self, key: PRNGKeyArray, x1: Float[ArrayLike, "..."], t: TimeLike
@@ -166,8 +388,8 @@ class GaussianPath(eqx.Module):
         """
         x, x1 = jnp.asarray(x), jnp.asarray(x1)
         t = self.clip(t)
-        a, s = _expand(self._alpha(t), x), _expand(self._sigma(t), x)
-        da, ds = _expand(self._d_alpha(t), x), _expand(self._d_sigma(t), x)
+        a, s = _expand(_coef(self.alpha, t), x), _expand(_coef(self.sigma, t), x)
+        da, ds = _expand(_coef(self.d_alpha, t), x), _expand(_coef(self.d_sigma, t), x)
         return da * x1 + ds / s * (x - a * x1)
 
     def cond_velocity_on_path(
@@ -175,7 +397,9 @@ class GaussianPath(eqx.Module):
     ) -> Float[Array, "..."]:
         """Conditional velocity on the path, d_alpha(t) x1 + d_sigma(t) eps (the CFM target)."""
         x1, eps = jnp.asarray(x1), jnp.asarray(eps)
-        return _expand(self.d_alpha(t), x1) * x1 + _expand(self.d_sigma(t), x1) * eps
+        t = _time(t)
+        da, ds = _coef(self.d_alpha, t), _coef(self.d_sigma, t)
+        return _expand(da, x1) * x1 + _expand(ds, x1) * eps
 
     def cond_score(
         self, x: Float[ArrayLike, "..."], x1: Float[ArrayLike, "..."], t: TimeLike
@@ -183,51 +407,59 @@ class GaussianPath(eqx.Module):
         """Conditional score grad_x log p_t(x | x1) = -(x - alpha x1) / sigma^2 (clipped t)."""
         x, x1 = jnp.asarray(x), jnp.asarray(x1)
         t = self.clip(t)
-        a, s = _expand(self._alpha(t), x), _expand(self._sigma(t), x)
+        a, s = _expand(_coef(self.alpha, t), x), _expand(_coef(self.sigma, t), x)
         return -(x - a * x1) / s**2
 
 
 class LinearPath(GaussianPath):
     """Linear (rectified-flow / OT) path: alpha = t, sigma = 1 - t."""
 
-    _alpha_vanishes_at_0 = True
-    _sigma_vanishes_at_1 = True
+    alpha_vanishes_at_0 = True
+    sigma_vanishes_at_1 = True
 
     def __init__(self, *, t_eps: float | int = 1e-3):
         self.t_eps = _check_eps(t_eps)
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return t
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return 1.0 - t
 
-    def _d_alpha(self, t):
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.ones_like(t)
 
-    def _d_sigma(self, t):
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return -jnp.ones_like(t)
 
 
 class CosinePath(GaussianPath):
     """Cosine path: alpha = sin(pi t / 2), sigma = cos(pi t / 2) (variance preserving)."""
 
-    _alpha_vanishes_at_0 = True
-    _sigma_vanishes_at_1 = True
+    alpha_vanishes_at_0 = True
+    sigma_vanishes_at_1 = True
 
     def __init__(self, *, t_eps: float | int = 1e-3):
         self.t_eps = _check_eps(t_eps)
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.sin(0.5 * jnp.pi * t)
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.sin(0.5 * jnp.pi * (1.0 - t))  # exactly 0 at t = 1
 
-    def _d_alpha(self, t):
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return 0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * (1.0 - t))
 
-    def _d_sigma(self, t):
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * t)
 
 
@@ -239,26 +471,30 @@ class PolynomialPath(GaussianPath):
 
     p: float
 
-    _alpha_vanishes_at_0 = True
-    _sigma_vanishes_at_1 = True
+    alpha_vanishes_at_0 = True
+    sigma_vanishes_at_1 = True
 
     def __init__(self, p: float | int = 2.0, *, t_eps: float | int = 1e-3):
         self.p = check_positive("p", p)
         self.t_eps = _check_eps(t_eps)
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return t**self.p
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return 1.0 - t**self.p
 
-    def _d_alpha(self, t):
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         if self.p < 1.0:
             t = self.clip(t)
         return self.p * t ** (self.p - 1.0)
 
-    def _d_sigma(self, t):
-        return -self._d_alpha(t)
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
+        return -self.d_alpha(t)
 
 
 class VEPath(GaussianPath):
@@ -266,12 +502,15 @@ class VEPath(GaussianPath):
 
     Classic time s = 1 - t: sigma(s) = sigma_min (sigma_max/sigma_min)^s, forward SDE
     dx = g(s) dW with g(s) = sigma(s) sqrt(2 log(sigma_max/sigma_min)). Nothing vanishes: at
-    t = 1 the path is the data blurred by N(0, sigma_min^2); at t = 0 the reference is
-    approximately N(0, sigma_max^2 I) (sigma_max should exceed the data scale).
+    t = 1 the path is the data blurred by N(0, sigma_min^2); at t = 0 the reference (``prior``) is
+    N(0, sigma_max^2 I), a good approximation of p_0 when sigma_max exceeds the data scale.
     """
 
     sigma_min: float
     sigma_max: float
+
+    alpha_vanishes_at_0 = False
+    sigma_vanishes_at_1 = False
 
     def __init__(
         self,
@@ -293,28 +532,33 @@ class VEPath(GaussianPath):
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.ones_like(t)
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return self.sigma_min * jnp.exp((1.0 - t) * self._log_ratio)
 
-    def _d_alpha(self, t):
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.zeros_like(t)
 
-    def _d_sigma(self, t):
-        return -self._log_ratio * self._sigma(t)
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
+        return -self._log_ratio * self.sigma(t)
 
     def diffusion(self, t: TimeLike) -> Float[Array, "..."]:
         """Classic VE g(s) = sigma(s) sqrt(2 log(sigma_max / sigma_min)) at s = 1 - t."""
-        return self._sigma(self.clip(t)) * math.sqrt(2.0 * self._log_ratio)
+        return self.sigma(self.clip(t)) * math.sqrt(2.0 * self._log_ratio)
 
 
 class _VPBase(GaussianPath):
     beta_min: float
     beta_max: float
 
-    _sigma_vanishes_at_1 = True
+    alpha_vanishes_at_0 = False
+    sigma_vanishes_at_1 = True
 
     def __init__(
         self,
@@ -339,11 +583,13 @@ class _VPBase(GaussianPath):
         s = 1.0 - t
         return self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.exp(-0.5 * self._int_beta(t))
 
-    def _d_alpha(self, t):
-        return 0.5 * self.beta(t) * self._alpha(t)
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
+        return 0.5 * self.beta(t) * self.alpha(t)
 
 
 class VPPath(_VPBase):
@@ -354,10 +600,12 @@ class VPPath(_VPBase):
     there, so d_sigma is evaluated at the clipped t.
     """
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.sqrt(-jnp.expm1(-self._int_beta(t)))
 
-    def _d_sigma(self, t):
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         t = self.clip(t)
         b = self._int_beta(t)
         return -0.5 * self.beta(t) * jnp.exp(-b) / jnp.sqrt(-jnp.expm1(-b))
@@ -373,10 +621,12 @@ class SubVPPath(_VPBase):
     Forward SDE dx = -beta(s)/2 x ds + sqrt(beta(s) (1 - exp(-2 B(s)))) dW, s = 1 - t.
     """
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return -jnp.expm1(-self._int_beta(t))
 
-    def _d_sigma(self, t):
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return -self.beta(t) * jnp.exp(-self._int_beta(t))
 
     def diffusion(self, t: TimeLike) -> Float[Array, "..."]:
@@ -397,22 +647,27 @@ class VETPath(GaussianPath):
 
     scale: float
 
-    _sigma_vanishes_at_1 = True
+    alpha_vanishes_at_0 = False
+    sigma_vanishes_at_1 = True
 
     def __init__(self, scale: float | int = 1.0, *, t_eps: float | int = 1e-3):
         self.scale = check_positive("scale", scale)
         self.t_eps = _check_eps(t_eps)
 
-    def _alpha(self, t):
+    def alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.ones_like(t)
 
-    def _sigma(self, t):
+    def sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return self.scale * (1.0 - t) ** 1.5 / math.sqrt(3.0)
 
-    def _d_alpha(self, t):
+    def d_alpha(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return jnp.zeros_like(t)
 
-    def _d_sigma(self, t):
+    def d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        t = _time(t)
         return -0.5 * math.sqrt(3.0) * self.scale * jnp.sqrt(1.0 - t)
 
     def diffusion(self, t: TimeLike) -> Float[Array, "..."]:

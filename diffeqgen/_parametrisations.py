@@ -9,6 +9,12 @@ Every conversion goes through the pair (D, E). From a velocity v, (D, E) solves 
 [[alpha, sigma], [d_alpha, d_sigma]] (D, E) = (x, v), whose determinant
 alpha d_sigma - sigma d_alpha = -alpha sigma d/dt log(alpha/sigma) is < 0 for paths whose
 signal-to-noise ratio increases. t is clipped into [path.t_min, path.t_max].
+
+Noise-conditional score networks (NCSM / DSM, ``model(sigma, x, args)`` = the score of the data
+smoothed by N(0, sigma^2 I)) enter as the model kind ``"noise_conditional"``: since
+p_t(x) = alpha^-d q_{sigma/alpha}(x / alpha), the path's score is
+``model(sigma(t) / alpha(t), x / alpha(t), args) / alpha(t)`` (``model(sigma(t), x, args)`` on a VE
+path, whose sigma(t) runs geometrically from sigma_max at t = 0 to sigma_min at t = 1).
 """
 
 from collections.abc import Callable
@@ -19,12 +25,17 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_choice
-from ._gaussian_paths import GaussianPath, TimeLike, _expand
+from ._gaussian_paths import GaussianPath, TimeLike, _coef, _expand
 
-__all__ = ["KINDS", "convert", "as_vector_field", "as_score"]
+__all__ = ["KINDS", "MODEL_KINDS", "convert", "as_vector_field", "as_score"]
 
 KINDS = ("velocity", "score", "denoiser", "eps")
 """Prediction kinds: velocity field, score, denoiser E[x1 | x_t], noise E[eps | x_t]."""
+
+MODEL_KINDS = (*KINDS, "noise_conditional")
+"""Model kinds of ``as_vector_field`` / ``as_score``: ``KINDS`` (``model(t, x, args)``) and
+``"noise_conditional"`` (a score network ``model(sigma, x, args)`` of the data smoothed by
+N(0, sigma^2 I), as NCSM / DSM train)."""
 
 
 def _to_pair(pred, x, a, s, da, ds, source):
@@ -81,10 +92,18 @@ def convert(
     if source == target:
         return pred
     t = path.clip(t)
-    a, s = _expand(path.alpha(t), x), _expand(path.sigma(t), x)
-    da, ds = _expand(path.d_alpha(t), x), _expand(path.d_sigma(t), x)
+    a, s = _expand(_coef(path.alpha, t), x), _expand(_coef(path.sigma, t), x)
+    da, ds = _expand(_coef(path.d_alpha, t), x), _expand(_coef(path.d_sigma, t), x)
     d, e = _to_pair(pred, x, a, s, da, ds, source)
     return _from_pair(d, e, a, s, da, ds, target)
+
+
+def _noise_conditional_score(model, path, t, x, args):
+    """The path's score from a noise-conditional score ``model(sigma, x, args)`` (clipped t)."""
+    t = path.clip(t)
+    a = _coef(path.alpha, t).astype(x.dtype)
+    s = _coef(path.sigma, t).astype(x.dtype)
+    return model(s / a, x / a, args) / a
 
 
 class _Converted(eqx.Module):
@@ -94,24 +113,49 @@ class _Converted(eqx.Module):
     target: str = eqx.field(static=True)
 
     def __call__(self, t, x, args=None):
+        if self.source == "noise_conditional":
+            pred = _noise_conditional_score(self.model, self.path, t, jnp.asarray(x), args)
+            return convert(pred, x, t, self.path, source="score", target=self.target)
         return convert(
             self.model(t, x, args), x, t, self.path, source=self.source, target=self.target
+        )
+
+
+def _check_path(path):
+    if not isinstance(path, GaussianPath):
+        raise TypeError(
+            f"path must be a diffeqgen.paths.GaussianPath (a built-in path, custom_path(...) or "
+            f"a subclass), got {path!r}"
         )
 
 
 def as_vector_field(
     model: Callable, path: GaussianPath, kind: str
 ) -> Callable[[Any, Array, Any], Array]:
-    """Wrap ``model(t, x, args)`` predicting ``kind`` into a velocity field ``f(t, x, args)``.
+    """Wrap a model predicting ``kind`` on ``path`` into its probability-flow velocity field.
 
-    The result is an Equinox module (a pytree holding ``model``), so it can be passed through
+    ``kind`` is one of ``MODEL_KINDS``: a ``model(t, x, args)`` predicting a velocity, score,
+    denoiser or eps, or a noise-conditional score ``model(sigma, x, args)``
+    (``"noise_conditional"``, NCSM / DSM). The result ``f(t, x, args)`` is the velocity whose
+    flow carries p_0 to p_1 along the path (t = 0 noise, t = 1 data); it is an Equinox module
+    holding ``model`` and ``path`` (attribute ``f.path``), so it passes through
     ``eqx.filter_jit`` and the solvers without baking the weights in as constants.
+
+    The likelihood route for every kind is one call,
+    ``diffeqgen.cnf.log_prob(as_vector_field(model, path, kind), x)``: because the field
+    carries its path, the base density defaults to ``path.prior`` (e.g. N(0, sigma_max^2 I) on
+    the VE path), not N(0, I).
     """
-    check_choice("kind", kind, KINDS)
+    check_choice("kind", kind, MODEL_KINDS)
+    _check_path(path)
     return _Converted(model, path, kind, "velocity")
 
 
 def as_score(model: Callable, path: GaussianPath, kind: str) -> Callable[[Any, Array, Any], Array]:
-    """Wrap ``model(t, x, args)`` predicting ``kind`` into a score field ``s(t, x, args)``."""
-    check_choice("kind", kind, KINDS)
+    """Wrap a model predicting ``kind`` (one of ``MODEL_KINDS``) into a score ``s(t, x, args)``.
+
+    The score grad_x log p_t(x) of the path's marginal, as an Equinox module with ``path``.
+    """
+    check_choice("kind", kind, MODEL_KINDS)
+    _check_path(path)
     return _Converted(model, path, kind, "score")

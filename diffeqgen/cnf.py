@@ -13,7 +13,11 @@ from ``z(t1) = x``. [`log_prob`][] integrates the augmented state ``[z, delta]``
 dimension) or Hutchinson's estimate ``E[v^T (df/dz) v]`` with probes drawn once per solve.
 
 Every trained model of the package plugs in through its probability-flow vector field
-(``diffeqgen.paths.as_vector_field(model, path, kind)``), so one function gives every likelihood.
+(``diffeqgen.paths.as_vector_field(model, path, kind)``, for velocity, score, denoiser, eps and
+noise-conditional NCSM / DSM score models alike), so one function gives every likelihood:
+``log_prob(paths.as_vector_field(model, path, kind), x)``. Such a field carries its path, and the
+base density defaults to the path's prior ``path.prior`` (N(0, sigma_max^2 I) on the VE path);
+a field without a path starts from N(0, I).
 """
 
 import math
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._checks import check_array, check_int, check_positive
-from ._cnf_core import PROBES, TRACES, _base_log_prob, _solve_augmented, _validate
+from ._cnf_core import PROBES, TRACES, _base_log_prob, _default_base, _solve_augmented, _validate
 from ._conditioning import pack
 from ._types import Array, Float, PRNGKeyArray, RealScalarLike
 from .nn import MLP
@@ -75,8 +79,12 @@ def log_prob(
         x: points of shape ``(n, *event)`` (``(n, d)`` for vectors).
         t0: time of the base density (noise side).
         t1: time of ``x`` (data side); ``t0 < t1``.
-        base: ``None`` for a standard normal, or an object with ``.log_prob(z (n, *event))``
-            (e.g. ``diffeqgen.data.GaussianMixture``).
+        base: an object with ``.log_prob(z (n, *event))`` (e.g. a
+            ``diffeqgen.data.GaussianMixture``), or ``None`` for the default: the path's prior
+            ``path.prior(event, t=t0)`` = N(0, sigma(t0)^2 I) when ``vector_field`` carries a
+            Gaussian path (an attribute ``path``, as ``paths.as_vector_field`` and
+            ``groundtruth.velocity_field`` give; N(0, sigma_max^2 I) on the VE path), otherwise
+            a standard normal.
         solver: a name from ``diffeqgen.solve.ODE_SOLVERS`` or a Diffrax solver.
         steps: fixed number of steps; ``None`` for adaptive steps with ``rtol``/``atol`` (PID).
         rtol: relative tolerance of the adaptive solve (> 0).
@@ -126,6 +134,7 @@ def log_prob(
         args,
         max_steps,
     )
+    base = _default_base(vector_field, base, x.shape[1:], t0)
     z0, delta, nfe = _solve_augmented(
         vector_field,
         x,
@@ -183,7 +192,8 @@ def sample_and_log_prob(
         dim: event shape (an int ``d`` for vectors); must match ``base`` when given.
         t0: base time (noise side).
         t1: data time.
-        base: ``None`` (standard normal) or an object with ``.sample(key, n)`` and ``.log_prob``.
+        base: an object with ``.sample(key, n)`` and ``.log_prob``, or ``None``: the path's
+            prior when ``vector_field`` carries a path (as in :func:`log_prob`), else N(0, I).
         solver: solver name or Diffrax solver.
         steps: fixed steps or ``None``.
         rtol: adaptive relative tolerance.
@@ -225,6 +235,7 @@ def sample_and_log_prob(
         args,
         max_steps,
     )
+    base = _default_base(vector_field, base, event, t0)
     z0 = jr.normal(base_key, (n, *event), dtype) if base is None else base.sample(base_key, n)
     if tuple(z0.shape) != (n, *event):
         raise ValueError(f"base.sample gave shape {tuple(z0.shape)}, expected {(n, *event)}")

@@ -11,6 +11,11 @@ responsibilities r_k(x) = w_k N(x; alpha mu_k, C_k) / p_t(x) and P_k = C_k^{-1}:
 
 All closed form (no autodiff, no clipping of t: the formulas are finite at t = 0 and t = 1 as
 long as the covariances S_k are positive definite). ``t`` is a scalar; ``x`` has shape (..., d).
+Any ``GaussianPath`` works: built-in, ``paths.custom_path(alpha, sigma)`` or a subclass (only its
+``alpha``, ``sigma``, ``d_alpha`` and ``d_sigma`` are used). The fields of ``velocity_field``
+and ``score_field`` carry the path (attribute ``path``), so
+``cnf.log_prob(velocity_field(mix, path), x)`` starts from ``path.prior``; the exact t = 0
+marginal is ``marginal(mix, path, 0.0)``.
 """
 
 import math
@@ -42,7 +47,7 @@ def _coefficients(path, t):
     t = jnp.asarray(t)
     if t.ndim != 0:
         raise ValueError(f"t must be a scalar, got shape {tuple(t.shape)}")
-    return path.alpha(t), path.sigma(t)
+    return jnp.asarray(path.alpha(t)), jnp.asarray(path.sigma(t))
 
 
 def _check_x(mixture, x):

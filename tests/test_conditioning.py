@@ -306,3 +306,16 @@ def test_guided_field(key, x64):
         dg.solve.guided(field, -1.0, NULL)
     with pytest.raises(ValueError, match="null_cond is required"):
         dg.solve.guided(field, 1.0, None)
+
+
+def test_guided_field_keeps_the_prior_of_its_path(x64, key):
+    # A guided probability-flow field still carries its path, so cnf.log_prob's default base is
+    # the path's prior (N(0, sigma_max^2 I) on VE), not N(0, I).
+    ve = dg.paths.get_path("ve")
+    score = lambda t, x, c: -x / (1.0 + ve.sigma(t) ** 2)  # noqa: E731  data N(0, I), any label
+    field = dg.solve.guided(dg.paths.as_vector_field(score, ve, "score"), 1.5, NULL)
+    assert field.path is ve
+    x = jr.normal(key, (4, 2), jnp.float64)
+    log_p, _ = dg.cnf.log_prob(field, x, cond=jnp.zeros(4, int), rtol=1e-9, atol=1e-9)
+    exact = jnp.sum(jax.scipy.stats.norm.logpdf(x), axis=1)  # every class is N(0, I) here
+    np.testing.assert_allclose(log_p, exact, atol=0.05)  # the prior's own 1/sigma_max^2 error

@@ -8,7 +8,21 @@ import numpy as np
 import pytest
 
 from diffeqgen import paths
-from diffeqgen.paths import KINDS, DDPMSchedule, GaussianPath, convert, get_path
+from diffeqgen.paths import KINDS, DDPMSchedule, GaussianPath, convert, custom_path, get_path
+
+
+class SquaredPath(GaussianPath):
+    """The documented subclass recipe: alpha and sigma only, derivatives by autodiff."""
+
+    def __init__(self, t_eps=1e-3):
+        self.t_eps = t_eps
+
+    def alpha(self, t):
+        return t**2
+
+    def sigma(self, t):
+        return 1.0 - t
+
 
 # Every path goes through the same property tests (defaults plus non-default parameters).
 PATHS = {
@@ -24,6 +38,11 @@ PATHS = {
     "subvp": lambda: get_path("subvp"),
     "ve_t": lambda: get_path("ve_t"),
     "ve_t3": lambda: get_path("ve_t", scale=3.0),
+    # User-defined paths (section 4 of issue 8): a subclass and custom_path, with an infinite
+    # derivative at t = 0 (sqrt) and a constant alpha (VE-like, nothing vanishes).
+    "subclass_sq": SquaredPath,
+    "custom_sqrt": lambda: custom_path(jnp.sqrt, lambda t: 1.0 - t, name="sqrt"),
+    "custom_ve": lambda: custom_path(lambda t: 1.0, lambda t: 0.05 * 40.0 ** (1.0 - t)),
 }
 INTERIOR = np.linspace(0.05, 0.95, 7)
 
@@ -236,6 +255,8 @@ def test_validation_errors():
         convert(jnp.zeros(3), x, 0.5, get_path("linear"), source="eps", target="score")
     with pytest.raises(ValueError, match="kind"):
         paths.as_vector_field(lambda t, x, a: x, get_path("linear"), "noise")
+    with pytest.raises(TypeError, match="path"):  # ours, or the jaxtyping hook in the tests
+        paths.as_vector_field(lambda t, x, a: x, "linear", "velocity")
 
 
 def test_ddpm_schedule(x64):
@@ -258,3 +279,241 @@ def test_ddpm_schedule(x64):
         DDPMSchedule(beta_min=0.1, beta_max=0.01)
     with pytest.raises(ValueError, match="num_steps"):
         DDPMSchedule(num_steps=0)
+
+
+# -- user-defined paths (issue 8, section 4) ------------------------------------------------
+
+
+def _custom_cosine(**kw):
+    # cos(pi t / 2) is 6e-17 at t = 1 in float64, not 0: the endpoint is detected as vanishing.
+    return custom_path(
+        lambda t: jnp.sin(0.5 * jnp.pi * t), lambda t: jnp.cos(0.5 * jnp.pi * t), **kw
+    )
+
+
+def test_custom_path_endpoints_and_autodiff_derivatives(x64):
+    p, ref = _custom_cosine(), get_path("cosine")
+    assert isinstance(p, GaussianPath) and isinstance(p, paths.CustomPath)
+    assert p.alpha_vanishes_at_0 and p.sigma_vanishes_at_1
+    assert (p.t_min, p.t_max) == (ref.t_min, ref.t_max)
+    t = jnp.linspace(0.0, 1.0, 11)
+    for name in ("alpha", "sigma", "d_alpha", "d_sigma", "snr", "diffusion"):
+        np.testing.assert_allclose(
+            getattr(p, name)(t), getattr(ref, name)(t), rtol=1e-12, atol=1e-12, err_msg=name
+        )
+    # Scalars and arrays of t of any shape; an integer t is a time too.
+    assert p.d_alpha(0.5).shape == () and p.d_sigma(jnp.ones((2, 3)) / 2).shape == (2, 3)
+    np.testing.assert_allclose(p.d_alpha(1), ref.d_alpha(1.0), atol=1e-12)
+    # Declared derivatives are used (and checked against autodiff at construction).
+    q = _custom_cosine(
+        d_alpha=lambda t: 0.5 * jnp.pi * jnp.cos(0.5 * jnp.pi * t),
+        d_sigma=lambda t: -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * t),
+    )
+    np.testing.assert_allclose(q.d_alpha(t), ref.d_alpha(t), rtol=1e-12, atol=1e-12)
+    # Nothing vanishes on a VE-like schedule; a constant alpha broadcasts against t.
+    ve = custom_path(lambda t: 1.0, lambda t: 0.01 * 1000.0 ** (1.0 - t))
+    assert not ve.alpha_vanishes_at_0 and not ve.sigma_vanishes_at_1
+    assert (ve.t_min, ve.t_max) == (0.0, 1.0)
+    np.testing.assert_allclose(ve.diffusion(t), get_path("ve").diffusion(t), rtol=1e-12)
+
+
+def test_custom_cosine_matches_builtin_everywhere(key, x64):
+    from diffeqgen import groundtruth, losses, sdes, solve
+    from diffeqgen.data import GaussianMixture
+
+    p, ref = _custom_cosine(), get_path("cosine")
+    k1, k2, k3 = jr.split(key, 3)
+    x, pred = jr.normal(k1, (6, 2)), jr.normal(k2, (6, 2))
+    t = jnp.asarray([0.0, 0.1, 0.4, 0.7, 0.999, 1.0])
+    for a in KINDS:
+        for b in KINDS:
+            np.testing.assert_allclose(
+                convert(pred, x, t, p, source=a, target=b),
+                convert(pred, x, t, ref, source=a, target=b),
+                rtol=1e-10,
+                atol=1e-10,
+            )
+    mix = GaussianMixture(
+        jnp.array([[1.0, 0.0], [-1.0, 0.5]]),
+        jnp.array([jnp.eye(2) * 0.3, jnp.array([[0.2, 0.05], [0.05, 0.4]])]),
+        jnp.array([0.3, 0.7]),
+    )
+    for s in (0.0, 0.3, 0.8, 1.0):
+        for fn in ("log_prob", "score", "denoiser", "eps", "velocity"):
+            np.testing.assert_allclose(
+                getattr(groundtruth, fn)(mix, p, s, x),
+                getattr(groundtruth, fn)(mix, ref, s, x),
+                rtol=1e-10,
+                atol=1e-10,
+                err_msg=f"{fn} at t={s}",
+            )
+        np.testing.assert_allclose(
+            groundtruth.marginal(mix, p, s).covariances,
+            groundtruth.marginal(mix, ref, s).covariances,
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
+    def model(t, y, args=None):
+        return jnp.tanh(y) * (1.0 + t)
+
+    for loss in (
+        losses.flow_matching_loss,
+        losses.score_matching_loss,
+        losses.denoiser_loss,
+        losses.eps_loss,
+    ):
+        np.testing.assert_allclose(loss(model, k3, x, path=p), loss(model, k3, x, path=ref))
+    score = groundtruth.score_field(mix, ref)
+    sde, sde_ref = sdes.reverse_sde(p, score), sdes.reverse_sde(ref, score)
+    for s in (0.0, 0.5, 1.0):
+        for i in range(3):
+            np.testing.assert_allclose(
+                sde.drift(s, x[i], None), sde_ref.drift(s, x[i], None), rtol=1e-10, atol=1e-10
+            )
+            np.testing.assert_allclose(
+                sde.diffusion(s, x[i], None), sde_ref.diffusion(s, x[i], None), rtol=1e-12
+            )
+        for kind in KINDS:
+            f, f_ref = (
+                paths.as_vector_field(model, p, kind),
+                paths.as_vector_field(model, ref, kind),
+            )
+            np.testing.assert_allclose(f(s, x[0], None), f_ref(s, x[0], None), rtol=1e-10)
+    # Samplers: the reverse SDE from noise, same key, same numbers.
+    x0 = jr.normal(k1, (5, 2))
+    kw = dict(key=k2, t0=p.t_min, t1=p.t_max, steps=8)
+    np.testing.assert_allclose(
+        solve.sample_sde(sde, x0, **kw).x, solve.sample_sde(sde_ref, x0, **kw).x, rtol=1e-9
+    )
+
+
+def test_alpha_vanishing_at_0_never_gives_nan(key):
+    # alpha = t^2: alpha(0) = 0 and d_alpha / alpha = 2 / t is infinite at t = 0. Detected, so
+    # every dividing method clips t and stays finite at t = 0 (scalar and batched).
+    from diffeqgen import groundtruth, sdes
+    from diffeqgen.data import GaussianMixture
+
+    mix = GaussianMixture(jnp.zeros((1, 2)), jnp.eye(2)[None] * 0.5, jnp.ones(1))
+    x1, x = jr.normal(key, (2, 4, 2))
+    for p in (SquaredPath(), custom_path(lambda t: t**2, lambda t: 1.0 - t)):
+        assert p.alpha_vanishes_at_0 and p.t_min == pytest.approx(1e-3)
+        # Without the clipping the generic diffusion would divide 0 by 0:
+        assert np.isnan(float(2.0 * p.sigma(0.0) ** 2 * p.d_alpha(0.0) / p.alpha(0.0)))
+        score = groundtruth.score_field(mix, p)
+        sde = sdes.reverse_sde(p, score)
+        for t in (0.0, jnp.zeros(4), jnp.array([0.0, 1.0, 0.5, 0.0])):
+            outs = [p.diffusion(t), p.snr(t), p.cond_velocity(x, x1, t), p.cond_score(x, x1, t)]
+            outs += [convert(x, x1, t, p, source=a, target=b) for a in KINDS for b in KINDS]
+            outs += [p.cond_velocity_on_path(x1, x, t), p.d_alpha(t), p.d_sigma(t)]
+            for out in outs:
+                assert np.all(np.isfinite(np.asarray(out)))
+        for kind in paths.MODEL_KINDS:
+            f = paths.as_vector_field(lambda t, y, args: y, p, kind)
+            assert np.all(np.isfinite(np.asarray(f(0.0, x[0], None))))
+        for out in (
+            sde.drift(0.0, x[0], None),
+            sde.diffusion(0.0, x[0], None),
+            groundtruth.velocity(mix, p, 0.0, x),
+            groundtruth.score(mix, p, 0.0, x),
+        ):
+            assert np.all(np.isfinite(np.asarray(out)))
+    # An infinite derivative at an endpoint is taken inside [t_eps, 1 - t_eps], not returned.
+    root = custom_path(jnp.sqrt, lambda t: 1.0 - t)
+    np.testing.assert_allclose(root.d_alpha(0.0), 0.5 / math.sqrt(1e-3), rtol=1e-5)
+    g = jax.grad(lambda s: root.d_alpha(s))(0.0)
+    assert np.isfinite(float(g))
+
+
+def test_incomplete_subclass_names_the_missing_method():
+    class OnlyAlpha(GaussianPath):
+        def __init__(self):
+            self.t_eps = 1e-3
+
+        def alpha(self, t):
+            return t
+
+    class Nothing(GaussianPath):
+        def __init__(self):
+            self.t_eps = 1e-3
+
+    with pytest.raises(TypeError, match=r"OnlyAlpha must define sigma\(self, t\)"):
+        OnlyAlpha()
+    with pytest.raises(TypeError, match=r"alpha\(self, t\) and sigma\(self, t\)"):
+        Nothing()
+
+
+def test_custom_path_validation():
+    with pytest.raises(ValueError, match="s = 1 - t"):  # classic time: t = 0 is data
+        custom_path(lambda t: jnp.cos(0.5 * jnp.pi * t), lambda t: jnp.sin(0.5 * jnp.pi * t))
+    with pytest.raises(ValueError, match="must increase with t"):
+        custom_path(lambda t: 1.0 + 0.0 * t, lambda t: 1.0 + t)
+    with pytest.raises(ValueError, match="d_alpha.*autodiff"):
+        custom_path(lambda t: t, lambda t: 1.0 - t, d_alpha=lambda t: 2.0 * t)
+    with pytest.raises(ValueError, match="finite"):
+        custom_path(lambda t: jnp.log(t), lambda t: 1.0 - t)
+    with pytest.raises(TypeError, match="sigma"):  # ours, or the jaxtyping hook in the tests
+        custom_path(lambda t: t, 0.5)
+    with pytest.raises(ValueError, match="t_eps"):
+        custom_path(lambda t: t, lambda t: 1.0 - t, t_eps=0.0)
+    with pytest.raises(ValueError, match="alpha_vanishes_at_0=False but alpha"):
+        custom_path(lambda t: t, lambda t: 1.0 - t, alpha_vanishes_at_0=False)
+    # Declaring a vanishing end that does not vanish only clips more; it is allowed.
+    assert custom_path(lambda t: 1.0 + t, lambda t: 2.0 - t, alpha_vanishes_at_0=True).t_min > 0
+    for name in paths.PATH_NAMES:
+        assert get_path(name).check() is not None
+
+
+def test_custom_path_with_traced_parameters(key, x64):
+    # Inside jit the schedule's parameter is traced: endpoints cannot be detected and must be
+    # declared; with them declared, the traced path gives the concrete path's numbers.
+    x1, eps = jr.normal(key, (2, 3, 2))
+
+    def make(c, **kw):
+        return custom_path(lambda t: t**c, lambda t: 1.0 - t, **kw)
+
+    def target(c, **kw):
+        p = make(c, **kw)
+        return p.cond_velocity(p.interpolate(x1, eps, 0.3), x1, 0.3)
+
+    with pytest.raises(ValueError, match="declare it"):
+        jax.jit(target)(1.5)
+    flags = dict(alpha_vanishes_at_0=True, sigma_vanishes_at_1=True)
+    traced = jax.jit(lambda c: target(c, **flags))(1.5)
+    np.testing.assert_allclose(traced, target(1.5), rtol=1e-12)
+    # A subclass declares its endpoints as class attributes and then also works traced.
+
+    class Power(GaussianPath):
+        c: jax.Array
+        alpha_vanishes_at_0 = True
+        sigma_vanishes_at_1 = True
+
+        def __init__(self, c):
+            self.c, self.t_eps = c, 1e-3
+
+        def alpha(self, t):
+            return t**self.c
+
+        def sigma(self, t):
+            return 1.0 - t
+
+    def sub_target(c):
+        p = Power(c)
+        return p.cond_velocity(p.interpolate(x1, eps, 0.3), x1, 0.3), p.diffusion(0.0)
+
+    sub, g0 = jax.jit(sub_target)(1.5)
+    np.testing.assert_allclose(sub, target(1.5), rtol=1e-12)
+    assert np.isfinite(float(g0))
+    # A learnable schedule (an Equinox module as alpha) differentiates through its parameter:
+    # d/dc of x_t = t^c x1 + (1 - t) eps is t^c log(t) x1.
+
+    class PowerFn(eqx.Module):
+        c: jax.Array
+
+        def __call__(self, t):
+            return t**self.c
+
+    p = custom_path(PowerFn(jnp.asarray(1.5)), lambda t: 1.0 - t)
+    grads = eqx.filter_grad(lambda q: jnp.sum(q.interpolate(x1, eps, 0.3)))(p)
+    expected = 0.3**1.5 * math.log(0.3) * jnp.sum(x1)
+    np.testing.assert_allclose(grads.alpha_fn.c, expected, rtol=1e-12)
