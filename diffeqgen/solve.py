@@ -50,6 +50,7 @@ from ._solvers import (
     _check_output,
     _check_times,
     _check_x0,
+    _time_arrays,
     eager_fsal,
     get_solver,
 )
@@ -154,8 +155,8 @@ def sample_ode(
     if steps is not None:
         steps = check_int("steps", steps)
     else:
-        rtol = check_positive("rtol", rtol)
-        atol = check_positive("atol", atol)
+        rtol = check_positive("rtol", rtol, traced_ok=True)
+        atol = check_positive("atol", atol, traced_ok=True)
         if not isinstance(solver_obj, dfx.AbstractAdaptiveSolver):
             raise ValueError(
                 f"solver {_solver_label(solver)!r} has no error estimate for adaptive steps; "
@@ -166,7 +167,7 @@ def sample_ode(
         raise TypeError(f"vector_field must be callable f(t, x, args), got {type(vector_field)}")
     ts = _check_saveat(saveat, c0, c1, x0.dtype)
     _check_output("vector_field", vector_field, t0, x0, args)
-    t0a, t1a = jnp.asarray(t0, x0.dtype), jnp.asarray(t1, x0.dtype)
+    t0a, t1a = _time_arrays(t0, t1, x0.dtype)
     out = _ode_core(
         vector_field,
         x0,
