@@ -132,6 +132,10 @@ class _SampleOfPath(dfx.AbstractBrownianPath):
     index: Array
 
     @property
+    def levy_area(self):
+        return self.path.levy_area
+
+    @property
     def t0(self):
         return self.path.t0
 
@@ -278,21 +282,19 @@ class _DiagonalNoise(eqx.Module):
 
 
 class _MatrixNoise(eqx.Module):
-    """Matrix diffusion ``(*event, m)`` -> an operator from ``dW`` to ``dX``.
+    """Matrix diffusion ``(*event, m)`` -> what multiplies ``dW`` in the ControlTerm.
 
-    On a batch (``batched``), maps ``(n, m)`` to ``(n, *event)`` sample by sample.
+    One sample: the array itself (Diffrax contracts it with ``dW`` of shape ``(m,)``; Milstein
+    differentiates it). A batch (``batched``): an operator mapping ``(n, m)`` to
+    ``(n, *event)`` sample by sample.
     """
 
     diffusion: Any
     batched: bool = eqx.field(static=True)
 
     def __call__(self, t, y, args):
-        if not self.batched:
-            g = self.diffusion(t, y, args).astype(y.dtype)
-            return lx.FunctionLinearOperator(
-                lambda w: jnp.tensordot(g, w, axes=1),
-                jax.ShapeDtypeStruct(g.shape[-1:], y.dtype),
-            )
+        if not self.batched:  # one sample: Diffrax's own matrix product G dW (tensordot)
+            return self.diffusion(t, y, args).astype(y.dtype)
         g = jax.vmap(self.diffusion, in_axes=(None, 0, None))(t, y, args).astype(y.dtype)
         return lx.FunctionLinearOperator(
             lambda w: jnp.einsum("n...m,nm->n...", g, w),
