@@ -8,8 +8,10 @@ also run backward, t1 < t0, e.g. data -> noise for likelihoods). Vector fields f
   steps (``steps=None``) use a PID controller with an RMS error norm over the whole batch, or
   per-sample error control with ``per_sample=True`` (vmapped solves; see DESIGN: a batch-RMS
   tolerance does not bound each sample's error).
-- ``sample_sde``: fixed steps, diagonal noise, the batch as one state driven by a Brownian
-  motion of shape ``x0.shape``.
+- ``sample_sde``: Ito SDEs with fixed steps; scalar, diagonal or matrix noise; the batch as
+  one state (per-sample vmapped solves for Milstein); Stratonovich solvers get the
+  Stratonovich drift of the Ito SDE; differentiable (``jax.grad``) with the default
+  Brownian path; Diffrax terms accepted as they are.
 - Discrete samplers (DDPM, DDIM, Langevin MCMC, predictor-corrector) live in ``_samplers``.
 
 Every call returns a ``Solution`` with ``nfe``, the vector-field evaluations actually made.

@@ -94,6 +94,15 @@ def test_sample_sde_traced_times_and_saveat(x64):
     np.testing.assert_allclose(run(jnp.asarray(0.1), jnp.asarray(1.2), ts), ref.xs, rtol=1e-12)
     with pytest.raises(Exception, match="t1 > t0"):
         jax.block_until_ready(run(jnp.asarray(1.2), jnp.asarray(0.1), ts))
+    # the SDE's own parameters traced (built inside the user's jit), additive-noise solver
+    by_params = jax.jit(
+        lambda th, sg: solve.sample_sde(
+            sdes.ornstein_uhlenbeck(th, sg), x0, key=jr.key(3), t0=0.1, t1=1.2, steps=40,
+            solver="sra1",
+        ).x
+    )  # fmt: skip
+    ref = solve.sample_sde(sde, x0, key=jr.key(3), t0=0.1, t1=1.2, steps=40, solver="sra1")
+    np.testing.assert_allclose(by_params(1.5, 0.7), ref.x, rtol=1e-12)
 
 
 def test_cnf_log_prob_traced_tolerances_and_times(x64):
