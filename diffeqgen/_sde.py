@@ -514,7 +514,10 @@ def sample_sde(
             )
     if isinstance(brownian, str):
         if c0 is None or c1 is None:
-            raise ValueError("brownian='virtual' needs concrete t0 and t1 (not traced)")
+            raise ValueError(
+                "brownian='virtual' needs concrete t0 and t1 (not traced); use the default "
+                "path or pass your own diffrax.VirtualBrownianTree"
+            )
         virtual_tol = float(c1 - c0) / (8 * steps)
         if not per_sample:
             bshape = x0.shape if m is None else (x0.shape[0], m)
