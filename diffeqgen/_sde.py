@@ -253,8 +253,9 @@ def _ito_drift(drift, diffusion, solver, label, multiplicative, matrix):
     if _additive_only(solver):
         raise ValueError(
             f"solver {label!r} is a stochastic Runge-Kutta method for ADDITIVE noise only, but "
-            "the diffusion depends on x; use 'euler_maruyama' (Ito), 'milstein', 'heun', or a "
-            "general-noise Diffrax solver such as diffrax.SPaRK() or diffrax.GeneralShARK()"
+            "the diffusion depends on x; use 'euler_maruyama' (Ito), 'heun', "
+            "diffrax.ItoMilstein(), or a general-noise Diffrax solver such as diffrax.SPaRK() "
+            "or diffrax.GeneralShARK()"
         )
     kind = _calculus(solver)
     if kind == "ito":
@@ -411,8 +412,8 @@ def sample_sde(
     sample's shape (diagonal noise: each coordinate has its own Brownian motion), or an array
     ``(*event, m)`` (matrix noise: ``dX = G dW`` with an m-dimensional Brownian motion per
     sample). The batch is one state, driven by a Brownian motion of shape ``x0.shape`` (or
-    ``(n, m)``), except for solvers that differentiate the diffusion (``milstein``,
-    ``diffrax.ItoMilstein``, ``diffrax.StratonovichMilstein``: Diffrax would form the Jacobian
+    ``(n, m)``), except for solvers that differentiate the diffusion
+    (``diffrax.ItoMilstein``, ``diffrax.StratonovichMilstein``: Diffrax would form the Jacobian
     over the whole batch state), which are solved per sample (vmapped) with per-sample
     Brownian motions from ``jr.split(key, n)``; ``per_sample`` overrides the choice.
 

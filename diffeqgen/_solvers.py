@@ -122,7 +122,6 @@ _SDE = {
     "heun": dfx.Heun,
     "sra1": dfx.SRA1,
     "shark": dfx.ShARK,
-    "milstein": dfx.ItoMilstein,
 }
 
 ODE_SOLVERS: tuple[str, ...] = tuple(_ODE)
@@ -133,8 +132,9 @@ SDE_SOLVERS: tuple[str, ...] = tuple(_SDE)
 0.5, weak 1); ``heun`` (Diffrax's Heun, a Stratonovich method: ``sample_sde`` hands it the
 Stratonovich drift of the Ito SDE, so it converges to the Ito solution; strong order 1 for
 additive noise); ``sra1`` and ``shark``, Diffrax's stochastic Runge-Kutta methods for ADDITIVE
-noise only (refused when the diffusion depends on x), strong order 1.5 there; ``milstein``
-(Diffrax's ItoMilstein, strong order 1 for diagonal/commutative noise; solved per sample)."""
+noise only (refused when the diffusion depends on x), strong order 1.5 there. Any Diffrax SDE
+solver object is accepted too, e.g. ``diffrax.ItoMilstein()`` (strong order 1 for
+diagonal/commutative noise; solved per sample)."""
 
 
 def get_solver(name_or_solver: str | dfx.AbstractSolver, kind: str | None = None):

@@ -44,7 +44,7 @@ def _z_ok(x, want, budget):
     [
         "euler_maruyama",
         "heun",
-        "milstein",
+        dfx.ItoMilstein(),
         dfx.Midpoint(),
         dfx.SPaRK(),
         dfx.GeneralShARK(),
@@ -114,7 +114,7 @@ def test_milstein_strong_order_one_on_gbm(x64):
     ks = np.arange(2, 8)
     errs = []
     for k in ks:
-        sol = solve.sample_sde(GBM, x0, brownian=bm, steps=int(2**k), solver="milstein")
+        sol = solve.sample_sde(GBM, x0, brownian=bm, steps=int(2**k), solver=dfx.ItoMilstein())
         assert sol.nfe_per_sample is not None and sol.nfe_per_sample.shape == (n,)
         errs.append(np.mean(np.abs(np.asarray(sol.x) - exact)))
     slope = np.polyfit(np.log(2.0**-ks), np.log(errs), 1)[0]
@@ -126,7 +126,7 @@ def test_milstein_runs_per_sample_on_a_big_batch():
     """20,000 x 2 with Diffrax's ItoMilstein: per-sample (vmapped) solves, each with its own
     2x2 Jacobian (a whole-batch Jacobian would be 40,000^2). Ito mean e^mu per coordinate."""
     n = 20_000
-    sol = solve.sample_sde(GBM, jnp.ones((n, 2)), key=jr.key(1), solver="milstein", steps=20)
+    sol = solve.sample_sde(GBM, jnp.ones((n, 2)), key=jr.key(1), solver=dfx.ItoMilstein(), steps=20)
     assert sol.x.shape == (n, 2) and sol.nfe == 20 and sol.nfe_per_sample.shape == (n,)
     for j in range(2):
         ok, got = _z_ok(sol.x[:, j], np.exp(MU), 0.02)  # weak error at 20 steps ~ 0.01
