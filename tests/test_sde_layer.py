@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg
 
 from diffeqgen import sdes, solve
-from diffeqgen._sde import _depends_on_x
+from diffeqgen._sde import _depends_on_x, _ito_correction
 
 MU, S = 0.5, 1.0
 
@@ -277,3 +277,21 @@ def test_grad_wrt_sde_parameter_matches_closed_form():
     np.testing.assert_allclose(float(rev), float(per_sample.mean()), rtol=1e-4)
     ok, got = _z_ok(per_sample, -np.exp(-theta), 0.003)  # EM bias at h = 0.01
     assert ok, got
+
+
+def test_ito_stratonovich_correction_closed_forms(x64):
+    """c = 1/2 sum_k (dG_k/dx) G_k: scalar g -> g grad g; diagonal -> g_i dg_i/dx_i; matrix
+    -> against the full Jacobian contracted by hand."""
+    x = jnp.array([0.7, -1.3])
+    c = _ito_correction(lambda t, y, a: jnp.sum(y**2), False, 0.0, x, None)
+    np.testing.assert_allclose(c, 0.5 * jnp.sum(x**2) * 2 * x, rtol=1e-12)
+    diag = lambda t, y, a: jnp.array([y[0] * y[1], jnp.sin(y[1])])  # noqa: E731
+    c = _ito_correction(diag, False, 0.0, x, None)
+    want = 0.5 * np.array([x[0] * x[1] * x[1], np.sin(x[1]) * np.cos(x[1])])
+    np.testing.assert_allclose(c, want, rtol=1e-12)
+    w = jnp.array([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]])
+    mat = lambda t, y, a: jnp.tanh(jnp.outer(y, jnp.ones(3)) * w) + 0.1 * y[0]  # noqa: E731
+    g = mat(0.0, x, None)
+    jac = jax.jacfwd(lambda y: mat(0.0, y, None))(x)  # (d, m, d): dG_ik / dx_j
+    want = 0.5 * np.einsum("ikj,jk->i", jac, g)
+    np.testing.assert_allclose(_ito_correction(mat, True, 0.0, x, None), want, rtol=1e-12)
