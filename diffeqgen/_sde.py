@@ -447,7 +447,8 @@ def sample_sde(
         saveat: optional 1-d array of increasing times in [t0, t1] to save.
         args: passed to drift and diffusion unchanged.
         brownian: None (fast, default), ``"virtual"``, or a ``diffrax.AbstractBrownianPath``
-            over the batch covering [t0, t1] (per-sample solves read their row of it).
+            over the batch covering [t0, t1] (per-sample solves read their row of it, which
+            evaluates the whole batch path per query: meant for small batches).
         per_sample: vmap the solve over samples (default: only for Milstein solvers).
         adjoint: Diffrax adjoint; default ``RecursiveCheckpointAdjoint()`` (reverse mode,
             ``jax.grad``); pass ``diffrax.ForwardMode()`` for ``jax.jvp``/``jax.jacfwd``.

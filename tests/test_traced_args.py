@@ -103,6 +103,15 @@ def test_sample_sde_traced_times_and_saveat(x64):
     )  # fmt: skip
     ref = solve.sample_sde(sde, x0, key=jr.key(3), t0=0.1, t1=1.2, steps=40, solver="sra1")
     np.testing.assert_allclose(by_params(1.5, 0.7), ref.x, rtol=1e-12)
+    # vmapped over keys and noise levels: each run equals its own concrete call
+    keys, sigmas = jr.split(jr.key(4), 3), jnp.array([0.0, 0.5, 1.0])
+    batched = jax.vmap(
+        lambda k, sg: solve.sample_sde(sdes.ornstein_uhlenbeck(1.5, sg), x0, key=k, steps=10).x
+    )(keys, sigmas)
+    for i in range(3):
+        one = solve.sample_sde(sdes.ornstein_uhlenbeck(1.5, float(sigmas[i])), x0, key=keys[i],
+                               steps=10)  # fmt: skip
+        np.testing.assert_allclose(batched[i], one.x, rtol=1e-12, atol=1e-15)
 
 
 def test_cnf_log_prob_traced_tolerances_and_times(x64):
