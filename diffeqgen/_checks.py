@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,7 +21,13 @@ __all__ = [
     "check_array",
     "check_finite",
     "finite_or_raise",
+    "is_traced",
 ]
+
+
+def is_traced(value) -> bool:
+    """True when ``value`` is (or holds) a JAX tracer (inside the user's jit/grad/vmap)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
 
 
 def _describe(value) -> str:
@@ -29,8 +36,20 @@ def _describe(value) -> str:
     return repr(value)
 
 
-def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    """Return ``float(value)`` or raise ``ValueError`` unless it is a finite number > 0 (>= 0)."""
+def check_positive(name: str, value, *, allow_zero: bool = False, traced_ok: bool = False):
+    """Return ``float(value)`` or raise ``ValueError`` unless it is a finite number > 0 (>= 0).
+
+    With ``traced_ok=True`` a traced scalar (the caller runs inside the user's ``jit``, ``grad``
+    or ``vmap``) is accepted: it is returned as an array carrying a runtime ``eqx.error_if``
+    check of the same condition (use the returned value). Its shape must still be ``()``.
+    """
+    if traced_ok and is_traced(value):
+        value = jnp.asarray(value)
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.number):
+            raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+        bound = ">= 0" if allow_zero else "> 0"
+        bad = ~jnp.isfinite(value) | ((value < 0) if allow_zero else (value <= 0))
+        return eqx.error_if(value, bad, f"{name} must be a finite number {bound}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -42,13 +61,23 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
-def check_nonnegative(name: str, value) -> float:
-    """Return ``float(value)`` or raise unless it is a finite number >= 0."""
-    return check_positive(name, value, allow_zero=True)
+def check_nonnegative(name: str, value, *, traced_ok: bool = False):
+    """Return ``float(value)`` or raise unless it is a finite number >= 0 (see check_positive)."""
+    return check_positive(name, value, allow_zero=True, traced_ok=traced_ok)
 
 
 def check_int(name: str, value, *, minimum: int = 1) -> int:
-    """Return ``int(value)`` or raise unless it is an integer >= ``minimum`` (bools rejected)."""
+    """Return ``int(value)`` or raise unless it is an integer >= ``minimum`` (bools rejected).
+
+    Counts set array shapes and loop lengths, so they must be concrete Python integers: a
+    traced value (inside the user's ``jit``/``vmap``) raises a ``TypeError`` saying so.
+    """
+    if is_traced(value):
+        raise TypeError(
+            f"{name} must be a concrete Python int >= {minimum} (it sets array shapes or loop "
+            f"lengths), got a traced value {_describe(value)}; pass it as a static argument "
+            "(e.g. jax.jit(..., static_argnames=...)) or close over a Python int"
+        )
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {_describe(value)}")
     if value < minimum:

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from . import solve as _solve
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_choice, check_int, check_positive, is_traced
 from ._conditioning import in_axes, merge, one_sample
 from ._gaussian_paths import GaussianPath
-from ._solvers import eager_fsal, evals_per_step
+from ._solvers import _time_arrays, eager_fsal, evals_per_step
 from ._types import Array
 
 TRACES = ("exact", "hutchinson")
@@ -129,14 +129,18 @@ def _validate(
     max_steps,
 ):
     """Check every option before any solving; return (solver, t0, t1, steps, max_steps)."""
-    t0 = float(t0)
-    t1 = float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
-        raise ValueError(f"need finite t0 < t1 (t0 = base, t1 = data), got t0={t0}, t1={t1}")
+    if is_traced(t0) or is_traced(t1):  # inside the user's jit/grad/vmap: check at run time
+        t0, t1 = _time_arrays(t0, t1, dtype, forward_only=True)
+    else:
+        t0 = float(t0)
+        t1 = float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
+            raise ValueError(f"need finite t0 < t1 (t0 = base, t1 = data), got t0={t0}, t1={t1}")
     solver_obj = _solve.get_solver(solver, "ode")
     if steps is None:
-        check_positive("rtol", rtol)
-        check_positive("atol", atol)
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if not is_traced(tol):  # a traced tolerance is used as given (PIDController)
+                check_positive(name, tol)
         if not isinstance(solver_obj, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 f"solver {solver!r} has no error estimate for adaptive steps; pass steps=<int> "

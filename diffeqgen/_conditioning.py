@@ -23,6 +23,7 @@ __all__ = [
     "merge",
     "in_axes",
     "one_sample",
+    "first_sample",
     "Guided",
     "guided",
 ]
@@ -81,6 +82,13 @@ def merge(args: Any) -> Any:
 def in_axes(args: Any) -> Any:
     """Axes to vmap ``args`` over the batch: ``cond`` mapped, everything else broadcast."""
     return PerSample(None, 0) if isinstance(args, PerSample) else None
+
+
+def first_sample(args: Any) -> Any:
+    """What the field receives for the first sample (concrete arrays; for structural checks)."""
+    if not isinstance(args, PerSample):
+        return args
+    return merge(PerSample(args.shared, jax.tree_util.tree_map(lambda c: c[0], args.cond)))
 
 
 def one_sample(args: Any) -> Any:

@@ -15,10 +15,17 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_int, check_nonnegative, check_positive
+from ._checks import check_int, check_nonnegative, check_positive, is_traced
 from ._conditioning import batched as _batched
 from ._conditioning import pack
-from ._solvers import Solution, _as_drift_diffusion, _check_output, _check_times, _check_x0
+from ._solvers import (
+    Solution,
+    _as_drift_diffusion,
+    _check_output,
+    _check_times,
+    _check_x0,
+    _time_arrays,
+)
 from ._types import RealScalarLike
 
 __all__ = [
@@ -164,15 +171,19 @@ def ddim_sample(
     steps = T if steps is None else check_int("steps", steps)
     if steps > T:
         raise ValueError(f"steps must be <= schedule.num_steps = {T}, got {steps}")
-    eta = check_nonnegative("eta", eta)
-    if eta > 0 and key is None:
+    eta = check_nonnegative("eta", eta, traced_ok=True)
+    if is_traced(eta):  # inside the user's jit/grad: the noise is drawn whenever a key is given
+        if key is None:
+            eta = eqx.error_if(eta, eta > 0, "ddim_sample with eta > 0 needs key=<PRNG key>")
+    elif eta > 0 and key is None:
         raise ValueError("ddim_sample with eta > 0 needs key=<PRNG key>")
     x = _check_x0(x_T)
     args = pack(args, cond, x.shape[0], "ddim_sample")
     _check_output("eps_model", eps_model, 1.0, x, args)
     ks = np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
     abar_full = jnp.asarray(schedule.alpha_bar(jnp.arange(T + 1)), x.dtype)
-    x = _ddim_core(eps_model, key if eta > 0 else None, x, jnp.asarray(ks), abar_full, eta, T, args)
+    noisy = is_traced(eta) or eta > 0
+    x = _ddim_core(eps_model, key if noisy else None, x, jnp.asarray(ks), abar_full, eta, T, args)
     return _fixed(x, steps, steps)
 
 
@@ -228,9 +239,9 @@ def langevin_mcmc(
     Returns:
         ``Solution`` with the final states and ``nfe = num_steps``.
     """
-    step_size = check_positive("step_size", step_size)
+    step_size = check_positive("step_size", step_size, traced_ok=True)
     num_steps = check_int("num_steps", num_steps)
-    temperature = check_positive("temperature", temperature)
+    temperature = check_positive("temperature", temperature, traced_ok=True)
     x = _check_x0(x0)
     args = pack(args, cond, x.shape[0], "langevin_mcmc")
     _check_output("score", score, t, x, args)
@@ -318,14 +329,14 @@ def predictor_corrector(
     drift, diffusion = _as_drift_diffusion(sde)
     steps = check_int("steps", steps)
     corrector_steps = check_int("corrector_steps", corrector_steps, minimum=0)
-    snr = check_positive("snr", snr)
+    snr = check_positive("snr", snr, traced_ok=True)
     x = _check_x0(x0)
     args = pack(args, cond, x.shape[0], "predictor_corrector")
     _check_times(t0, t1, forward_only=True)
     _check_output("drift", drift, t0, x, args)
     _check_output("diffusion", diffusion, t0, x, args, allow_scalar=True)
     _check_output("score", score, t0, x, args)
-    t0a, t1a = jnp.asarray(t0, x.dtype), jnp.asarray(t1, x.dtype)
+    t0a, t1a = _time_arrays(t0, t1, x.dtype, forward_only=True)
     x = _pc_core(drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args)
     nfe = steps * (1 + corrector_steps)
     return _fixed(x, nfe, steps)
@@ -389,15 +400,24 @@ def annealed_langevin(
     Returns:
         ``Solution`` with the final states and ``nfe = L * steps_per_level``.
     """
-    step_size = check_positive("step_size", step_size)
+    step_size = check_positive("step_size", step_size, traced_ok=True)
     steps_per_level = check_int("steps_per_level", steps_per_level)
-    temperature = check_positive("temperature", temperature)
+    temperature = check_positive("temperature", temperature, traced_ok=True)
     x = _check_x0(x0)
-    sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-    if sig.size < 1 or not np.all(np.isfinite(sig)) or not np.all(sig > 0):
-        raise ValueError(f"sigmas must be a non-empty array of finite values > 0, got {sigmas!r}")
+    if is_traced(sigmas):  # inside the user's jit/grad: the same check at run time
+        sig = jnp.asarray(sigmas, x.dtype).reshape(-1)
+        if sig.size < 1:
+            raise ValueError(f"sigmas must be a non-empty array, got shape {sig.shape}")
+        bad = ~jnp.all(jnp.isfinite(sig) & (sig > 0))
+        sig = eqx.error_if(sig, bad, "sigmas must be finite values > 0")
+    else:
+        sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+        if sig.size < 1 or not np.all(np.isfinite(sig)) or not np.all(sig > 0):
+            raise ValueError(
+                f"sigmas must be a non-empty array of finite values > 0, got {sigmas!r}"
+            )
     args = pack(args, cond, x.shape[0], "annealed_langevin")
-    _check_output("score", score, float(sig[0]), x, args)
+    _check_output("score", score, sig[0], x, args)
     hs = step_size * (sig / sig[-1]) ** 2
     x = _annealed_core(
         score, key, x, jnp.asarray(sig, x.dtype), jnp.asarray(hs, x.dtype), steps_per_level,

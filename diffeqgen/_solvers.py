@@ -128,10 +128,13 @@ ODE_SOLVERS: tuple[str, ...] = tuple(_ODE)
 """Names accepted by ``sample_ode`` (orders 1, 2, 2, 2, 4, 3, 5, 5, 8)."""
 
 SDE_SOLVERS: tuple[str, ...] = tuple(_SDE)
-"""Names accepted by ``sample_sde``. ``euler_maruyama`` converges to the Ito solution (strong
-order 0.5, weak 1); ``heun`` to the Stratonovich one (equal to Ito for additive noise);
-``sra1`` and ``shark`` are Diffrax's stochastic Runge-Kutta methods for ADDITIVE noise only
-(diffusion independent of x), strong order 1.5 there."""
+"""Names accepted by ``sample_sde``, whose SDEs are Ito. ``euler_maruyama`` (Ito; strong order
+0.5, weak 1); ``heun`` (Diffrax's Heun, a Stratonovich method: ``sample_sde`` hands it the
+Stratonovich drift of the Ito SDE, so it converges to the Ito solution; strong order 1 for
+additive noise); ``sra1`` and ``shark``, Diffrax's stochastic Runge-Kutta methods for ADDITIVE
+noise only (refused when the diffusion depends on x), strong order 1.5 there. Any Diffrax SDE
+solver object is accepted too, e.g. ``diffrax.ItoMilstein()`` (strong order 1 for
+diagonal/commutative noise; solved per sample)."""
 
 
 def get_solver(name_or_solver: str | dfx.AbstractSolver, kind: str | None = None):
@@ -226,6 +229,8 @@ def evals_per_step(solver) -> tuple[int, int] | None:
         return (1, tab.num_stages - 1) if tab.fsal else (0, tab.num_stages)
     if isinstance(solver, dfx.AbstractSRK):
         return 0, len(solver.tableau.b_sol)
+    if isinstance(solver, dfx.ItoMilstein | dfx.StratonovichMilstein):
+        return 0, 1
     return None
 
 
@@ -312,6 +317,23 @@ def _check_times(t0, t1, *, forward_only: bool = False):
                 f"t1={float(c1)}; write a reverse-time SDE in forward time (diffeqgen.sdes)"
             )
     return c0, c1
+
+
+def _time_arrays(t0, t1, dtype, *, forward_only: bool = False):
+    """``t0``, ``t1`` as arrays of ``dtype``; traced times get runtime ``eqx.error_if`` checks.
+
+    Concrete times are checked eagerly by ``_check_times``; inside the user's ``jit``/``grad``/
+    ``vmap`` the same conditions (finite, distinct, ``t1 > t0`` for forward-only solvers) are
+    checked when the computation runs.
+    """
+    t0a, t1a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
+    if _concrete(t0) is None or _concrete(t1) is None:
+        bad = ~(jnp.isfinite(t0a) & jnp.isfinite(t1a)) | (t0a == t1a)
+        if forward_only:
+            bad = bad | (t1a < t0a)
+        want = "finite with t1 > t0" if forward_only else "finite and distinct"
+        t1a = eqx.error_if(t1a, bad, f"t0 and t1 must be {want}")
+    return t0a, t1a
 
 
 def _as_drift_diffusion(sde):

@@ -1,8 +1,15 @@
 """Stochastic differential equations dX = drift(t, X) dt + diffusion(t, X) dW, forward in t.
 
+Every SDE in diffeqgen is an ITO SDE: the stochastic integral is Ito's, whichever solver
+integrates it (``diffeqgen.solve.sample_sde`` converts the drift for solvers that converge to
+the Stratonovich solution, and refuses solvers of unknown calculus when the noise depends on
+x). For additive noise (diffusion independent of x) Ito and Stratonovich coincide.
+
 An ``SDE`` holds two callables in the Diffrax vector-field convention, acting on ONE sample:
-``drift(t, x, args) -> (*event)`` and ``diffusion(t, x, args) -> scalar or (*event)`` (diagonal
-noise: additive when it does not depend on x, multiplicative when it does). Integrate with
+``drift(t, x, args) -> (*event)`` and ``diffusion(t, x, args)`` returning a scalar or an array
+of shape ``event`` (diagonal noise: each coordinate has its own Brownian motion), or an array
+``(*event, m)`` (matrix noise: ``G dW`` with an m-dimensional Brownian motion). The noise is
+additive when the diffusion does not depend on x, multiplicative when it does. Integrate with
 ``diffeqgen.solve.sample_sde``.
 
 Generative SDEs follow the library convention t = 0 noise, t = 1 data: for a Gaussian path with
@@ -20,7 +27,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_nonnegative, check_positive
+from ._checks import check_nonnegative, check_positive, is_traced
 from ._gaussian_paths import GaussianPath
 from ._parametrisations import convert
 from ._types import RealScalarLike
@@ -42,12 +49,14 @@ _SQRT2 = math.sqrt(2.0)
 
 
 class SDE(eqx.Module):
-    """An SDE dX = drift(t, X, args) dt + diffusion(t, X, args) dW with diagonal noise.
+    """An Ito SDE dX = drift(t, X, args) dt + diffusion(t, X, args) dW.
 
     Attributes:
         drift: ``drift(t, x, args) -> dx/dt`` on one sample (shape of ``x``).
-        diffusion: ``diffusion(t, x, args)`` -> scalar or array of the shape of ``x``; the noise
-            increment is ``diffusion * dW`` elementwise.
+        diffusion: ``diffusion(t, x, args)`` -> a scalar or an array of the shape of ``x``
+            (diagonal noise: the increment is ``diffusion * dW`` elementwise, ``dW`` of the
+            shape of ``x``), or an array ``(*x.shape, m)`` (matrix noise: the increment is
+            ``diffusion @ dW`` with ``dW`` of shape ``(m,)``).
     """
 
     drift: Callable
@@ -147,7 +156,7 @@ class _PathG(eqx.Module):
 
 def brownian_motion(sigma: RealScalarLike = 1.0) -> SDE:
     """Scaled Brownian motion dX = sigma dW (sigma >= 0); X_t - X_0 ~ N(0, sigma^2 t I)."""
-    return SDE(_Zero(), _Constant(jnp.asarray(check_nonnegative("sigma", sigma))))
+    return SDE(_Zero(), _Constant(jnp.asarray(check_nonnegative("sigma", sigma, traced_ok=True))))
 
 
 def ornstein_uhlenbeck(
@@ -157,9 +166,10 @@ def ornstein_uhlenbeck(
 
     Stationary law N(mean, sigma^2 / (2 theta) I); see ``ou_marginal`` for the transition.
     """
-    theta = check_positive("theta", theta)
-    sigma = check_nonnegative("sigma", sigma)
-    drift = _OUDrift(jnp.asarray(theta), jnp.asarray(float(mean)))
+    theta = check_positive("theta", theta, traced_ok=True)
+    sigma = check_nonnegative("sigma", sigma, traced_ok=True)
+    mean = mean if is_traced(mean) else float(mean)
+    drift = _OUDrift(jnp.asarray(theta), jnp.asarray(mean))
     return SDE(drift, _Constant(jnp.asarray(sigma)))
 
 
@@ -173,7 +183,7 @@ def langevin(score: Callable, sigma: RealScalarLike = _SQRT2) -> SDE:
     """
     if not callable(score):
         raise TypeError(f"score must be callable score(t, x, args), got {score!r}")
-    sigma = check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma, traced_ok=True)
     return SDE(_LangevinDrift(score, jnp.asarray(sigma)), _Constant(jnp.asarray(sigma)))
 
 
@@ -197,7 +207,7 @@ def generative_sde(velocity: Callable, score: Callable, g: RealScalarLike | Call
     if callable(g):
         gf = _CheckedG(g)
     else:
-        gf = _ConstG(jnp.asarray(check_nonnegative("g", g)))
+        gf = _ConstG(jnp.asarray(check_nonnegative("g", g, traced_ok=True)))
     return SDE(_GenerativeDrift(velocity, score, gf), _GDiffusion(gf))
 
 

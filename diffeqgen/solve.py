@@ -8,8 +8,10 @@ also run backward, t1 < t0, e.g. data -> noise for likelihoods). Vector fields f
   steps (``steps=None``) use a PID controller with an RMS error norm over the whole batch, or
   per-sample error control with ``per_sample=True`` (vmapped solves; see DESIGN: a batch-RMS
   tolerance does not bound each sample's error).
-- ``sample_sde``: fixed steps, diagonal noise, the batch as one state driven by a Brownian
-  motion of shape ``x0.shape``.
+- ``sample_sde``: Ito SDEs with fixed steps; scalar, diagonal or matrix noise; the batch as
+  one state (per-sample vmapped solves for Milstein); Stratonovich solvers get the
+  Stratonovich drift of the Ito SDE; differentiable (``jax.grad``) with the default
+  Brownian path; Diffrax terms accepted as they are.
 - Discrete samplers (DDPM, DDIM, Langevin MCMC, predictor-corrector) live in ``_samplers``.
 
 Every call returns a ``Solution`` with ``nfe``, the vector-field evaluations actually made.
@@ -51,6 +53,7 @@ from ._solvers import (
     _check_output,
     _check_times,
     _check_x0,
+    _time_arrays,
     eager_fsal,
     get_solver,
 )
@@ -162,8 +165,8 @@ def sample_ode(
     if steps is not None:
         steps = check_int("steps", steps)
     else:
-        rtol = check_positive("rtol", rtol)
-        atol = check_positive("atol", atol)
+        rtol = check_positive("rtol", rtol, traced_ok=True)
+        atol = check_positive("atol", atol, traced_ok=True)
         if not isinstance(solver_obj, dfx.AbstractAdaptiveSolver):
             raise ValueError(
                 f"solver {_solver_label(solver)!r} has no error estimate for adaptive steps; "
@@ -174,7 +177,7 @@ def sample_ode(
         raise TypeError(f"vector_field must be callable f(t, x, args), got {type(vector_field)}")
     ts = _check_saveat(saveat, c0, c1, x0.dtype)
     _check_output("vector_field", vector_field, t0, x0, args)
-    t0a, t1a = jnp.asarray(t0, x0.dtype), jnp.asarray(t1, x0.dtype)
+    t0a, t1a = _time_arrays(t0, t1, x0.dtype)
     out = _ode_core(
         vector_field,
         x0,
