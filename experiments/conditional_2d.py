@@ -34,7 +34,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffeqgen import cnf, data, losses, metrics, nn, solve, train  # noqa: E402
-from diffeqgen._checks import check_int  # noqa: E402
 
 STUDY = "conditional_2d"
 MIX = data.mixture("8gaussians")
@@ -46,13 +45,10 @@ CLASSES = [
     for c in range(K)
 ]
 
+WIDTH, DEPTH, LR, DROPOUT = 64, 3, 3e-3, 0.15  # network, Adam learning rate, label dropout
 FULL = dict(
     steps=15000,
     batch=512,
-    lr=3e-3,
-    width=64,
-    depth=3,
-    dropout=0.15,
     n_class=1000,
     n_null=2000,
     n_ll=2000,
@@ -68,18 +64,12 @@ QUICK = dict(
 def parse_args(argv=None):
     p = _common.make_parser(__doc__, STUDY)
     p.add_argument("--steps", type=int, default=None, help="training steps")
-    p.add_argument("--dropout", type=float, default=None, help="label-dropout probability")
     args = p.parse_args(argv)
-    args.cfg = dict(QUICK if args.quick else FULL)
-    try:
-        if args.steps is not None:
-            args.cfg["steps"] = check_int("steps", args.steps)
-        if args.dropout is not None:
-            if not 0.0 < args.dropout < 1.0:
-                raise ValueError(f"--dropout must be in (0, 1), got {args.dropout}")
-            args.cfg["dropout"] = args.dropout
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
+    args.cfg = dict(QUICK if args.quick else FULL, width=WIDTH, depth=DEPTH, lr=LR, dropout=DROPOUT)
+    if args.steps is not None:
+        if args.steps < 1:
+            p.error(f"--steps must be an integer >= 1, got {args.steps}")
+        args.cfg["steps"] = args.steps
     return args
 
 
@@ -95,45 +85,43 @@ def class_log_probs(x):
     return jnp.stack([m.log_prob(x) for m in CLASSES], axis=-1)
 
 
-def score_classes(x, labels, real, real_labels):
-    """Per class: W2 to held-out points, Bayes accuracy, spread / s, shift of the mean.
+def score_guidance(w, x, labels, real, class_floors, nfe):
+    """Scores of one guidance weight, per class and as means over the classes.
 
-    The shift is reported as its norm (``offset``) and its component along mu_c (``radial``,
-    > 0 away from the ring's centre).
+    Per class: W2 to its held-out points (and over its floor), the fraction the exact Bayes
+    classifier puts in the class, the shift of the sample mean from mu_c (norm ``offset``;
+    ``radial``, its component along mu_c, > 0 away from the ring's centre) and the standard
+    deviations about the sample mean along mu_c (``sd_radial``) and across it, towards the
+    neighbouring classes (``sd_tangential``), in units of s (1 for the data).
     """
     x, labels = np.asarray(x), np.asarray(labels)
     bayes = np.asarray(jnp.argmax(class_log_probs(x), axis=-1))  # equal weights
     rows = []
-    for c in range(K):
-        xc = x[labels == c]
-        mu = np.asarray(MIX.means[c])
+    for c, floor in enumerate(class_floors):
+        xc, mu = x[labels == c], np.asarray(MIX.means[c])
+        u, d = mu / np.linalg.norm(mu), xc - xc.mean(0)
+        w2 = float(metrics.wasserstein(xc, real[labels == c]))
         rows.append(
             dict(
-                w2=float(metrics.wasserstein(xc, real[real_labels == c])),
+                w2=w2,
+                w2_over_floor=w2 / floor["w2"],
                 accuracy=float(np.mean(bayes[labels == c] == c)),
                 offset=float(np.linalg.norm(xc.mean(0) - mu)),
-                radial=float((xc.mean(0) - mu) @ mu / np.linalg.norm(mu)),
-                spread=float(np.sqrt(np.mean((xc - mu) ** 2)) / STD),
+                radial=float((xc.mean(0) - mu) @ u),
+                sd_radial=float(np.std(d @ u) / STD),
+                sd_tangential=float(np.std(d @ np.array([-u[1], u[0]])) / STD),
             )
         )
-    return rows
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "w2"}
+    ratios = [r["w2_over_floor"] for r in rows]
+    mean["w2_over_floor_mean"] = mean.pop("w2_over_floor")
+    return dict(w=w, nfe=nfe, classes=rows, w2_over_floor_max=float(np.max(ratios)), **mean)
 
 
-def score_guidance(w, x, labels, real, class_floors, nfe):
-    """Per-class scores of one guidance weight and their means over the classes."""
-    rows = score_classes(x, labels, real, np.asarray(labels))
-    ratios = [r["w2"] / f["w2"] for r, f in zip(rows, class_floors, strict=True)]
-    return dict(
-        w=w,
-        nfe=nfe,
-        classes=rows,
-        w2_over_floor_mean=float(np.mean(ratios)),
-        w2_over_floor_max=float(np.max(ratios)),
-        **{
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("accuracy", "spread", "offset", "radial")
-        },
-    )
+def w2_floor(sampler, n, key, repeats):
+    """W2 floor (``metrics.floor_stats``): mean and population sd over independent real pairs."""
+    fs = metrics.floor_stats(metrics.wasserstein, sampler, n, key=key, repeats=repeats)
+    return dict(w2=fs.mean, w2_sd=float(np.std(fs.values)))
 
 
 def _gap(log_p, true):
@@ -155,8 +143,11 @@ def log_lik(field, x, labels):
 
 
 def plot_samples(sets, out, lim=4.0):
-    fig, axes = plt.subplots(1, len(sets), figsize=(2.4 * len(sets), 2.6), squeeze=False)
-    for ax, (title, (x, c)) in zip(axes[0], sets.items(), strict=True):
+    cols = (len(sets) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.4), squeeze=False)
+    for ax in axes.flat[len(sets) :]:
+        ax.axis("off")
+    for ax, (title, (x, c)) in zip(axes.flat, sets.items(), strict=False):
         colors = np.where(
             np.asarray(c)[:, None] == NULL, 0.4, plt.cm.tab10(np.asarray(c) % 10)[:, :3]
         )
@@ -172,18 +163,14 @@ def plot_samples(sets, out, lim=4.0):
 def plot_vs_w(m, out):
     ws = [r["w"] for r in m["guidance"]]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    ratio = np.array(
-        [
-            [c["w2"] / f["w2"] for c, f in zip(r["classes"], m["class_floors"], strict=True)]
-            for r in m["guidance"]
-        ]
-    )
+    ratio = np.array([[c["w2_over_floor"] for c in r["classes"]] for r in m["guidance"]])
     axes[0].plot(ws, ratio, color="0.6", lw=0.7)
     axes[0].plot(ws, ratio.mean(1), "o-", color="C0", lw=2, label="mean over classes")
     axes[0].axhline(1.0, color="k", ls=":", lw=1, label="floor")
     axes[0].set(xlabel="guidance weight w", ylabel="per-class W2 / floor")
     axes[0].legend(fontsize=7)
-    axes[1].plot(ws, [r["spread"] for r in m["guidance"]], "o-", label="spread / s")
+    axes[1].plot(ws, [r["sd_tangential"] for r in m["guidance"]], "o-", label="tangential sd / s")
+    axes[1].plot(ws, [r["sd_radial"] for r in m["guidance"]], "v-", label="radial sd / s")
     axes[1].plot(ws, [r["radial"] / STD for r in m["guidance"]], "s-", label="outward shift / s")
     axes[1].axhline(1.0, color="k", ls=":", lw=1)
     axes[1].set(xlabel="guidance weight w", ylabel="per class, mean over classes")
@@ -214,13 +201,15 @@ def _reading(m):
         way = "outward" if g["radial"] > 0 else "inward"
         out.append(
             f"Guidance does not sample p(x | c): at w = {g['w']:g} W2 is "
-            f"{g['w2_over_floor_mean']:.2f} x floor, the spread {g['spread']:.2f} s (w = 0: "
-            f"{g0['spread']:.2f} s), the class means moved {way} by "
-            f"{abs(g['radial']) / STD:.2f} s (w = 0: {g0['radial'] / STD:+.2f} s), the Bayes "
-            f"error is {100 * (1 - g['accuracy']):.2f} % (w = 0: "
-            f"{100 * (1 - g0['accuracy']):.2f} %) and the held-out log-likelihood of the guided "
-            f"flow is {llw['model']:.2f} nats: guidance trades diversity for separation from the "
-            "other classes (on this separated problem there is little class error to remove)."
+            f"{g['w2_over_floor_mean']:.2f} x floor; the class means moved {way} by "
+            f"{abs(g['radial']) / STD:.2f} s (w = 0: {g0['radial'] / STD:+.2f} s), the spread "
+            f"towards the neighbouring classes is {g['sd_tangential']:.2f} s (w = 0: "
+            f"{g0['sd_tangential']:.2f} s) and along the radius {g['sd_radial']:.2f} s (w = 0: "
+            f"{g0['sd_radial']:.2f} s); the Bayes error is {100 * (1 - g['accuracy']):.2f} % "
+            f"(w = 0: {100 * (1 - g0['accuracy']):.2f} %), and the held-out log-likelihood of "
+            f"the guided flow is {llw['model']:.2f} nats (w = 0: {ll0['model']:.2f}). "
+            "Guidance pushes each class away from the others; on this separated problem "
+            "there is little class error for it to remove, so it mainly costs fidelity."
         )
     return [" ".join(out)]
 
@@ -245,14 +234,16 @@ def write_summary(out, m):
         "fraction of a class's samples that the exact classifier argmax_c p(x | c) puts in "
         "another class (the true data's is about 0.1 %).",
         "",
-        "| w | mean W2 / floor | max W2 / floor | Bayes error | spread / s | outward shift / s | "
-        "held-out log p(x \\| c) | gap to truth (nats) | NFE (sampling) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| w | mean W2 / floor | max W2 / floor | Bayes error | outward shift / s | "
+        "radial sd / s | tangential sd / s | held-out log p(x \\| c) | gap to truth (nats) | "
+        "NFE (sampling) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, lg in zip(m["guidance"], ll["guided"], strict=True):
         lines.append(
             f"| {r['w']:g} | {r['w2_over_floor_mean']:.2f} | {r['w2_over_floor_max']:.2f} | "
-            f"{100 * (1 - r['accuracy']):.2f} % | {r['spread']:.3f} | {r['radial'] / STD:+.3f} | "
+            f"{100 * (1 - r['accuracy']):.2f} % | {r['radial'] / STD:+.3f} | "
+            f"{r['sd_radial']:.3f} | {r['sd_tangential']:.3f} | "
             f"{lg['model']:.4f} | {lg['gap']:+.4f} +- {lg['gap_se']:.4f} | {r['nfe']} |"
         )
     w0 = m["guidance"][0]
@@ -291,8 +282,8 @@ def write_summary(out, m):
         "other jobs running: timings are indicative only.",
         "",
         "Figures: `samples.png` (held-out data, the unconditional model and the guided samples "
-        "per class, coloured by class), `vs_w.png` (per-class W2 / floor, spread, offset, Bayes "
-        "error and held-out log-likelihood against w). Samples: `samples.npz`.",
+        "per class, coloured by class), `vs_w.png` (per-class W2 / floor, spreads, outward "
+        "shift, Bayes error and held-out log-likelihood against w). Samples: `samples.npz`.",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
@@ -304,11 +295,9 @@ def main(argv=None):
     t_start = time.perf_counter()
     k_model, k_fit, k_real, k_floor, k_noise, k_ll = jr.split(jr.key(args.seed), 6)
 
-    model = nn.MLP(2, 2, width=cfg["width"], depth=cfg["depth"], num_classes=K, key=k_model)
-    loss = losses.get_loss(
-        "flow_matching", path="linear", cond_dropout=cfg["dropout"], null_cond=NULL
-    )
-    opt = train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"], warmup=200)
+    model = nn.MLP(2, 2, width=WIDTH, depth=DEPTH, num_classes=K, key=k_model)
+    loss = losses.get_loss("flow_matching", path="linear", cond_dropout=DROPOUT, null_cond=NULL)
+    opt = train.make_optimizer(LR, schedule="cosine", num_steps=cfg["steps"], warmup=200)
     res = _common.fit(
         args,
         "model.eqx",
@@ -333,16 +322,8 @@ def main(argv=None):
     real = np.concatenate(
         [np.asarray(CLASSES[c].sample(jr.fold_in(k_real, c), n)) for c in range(K)]
     )
-    class_floors = []
-    for c in range(K):
-        fs = metrics.floor_stats(
-            metrics.wasserstein,
-            CLASSES[c].sample,
-            n,
-            key=jr.fold_in(k_floor, c),
-            repeats=cfg["floor_reps"],
-        )
-        class_floors.append(dict(w2=fs.mean, w2_sd=float(np.std(fs.values))))
+    reps = cfg["floor_reps"]
+    class_floors = [w2_floor(CLASSES[c].sample, n, jr.fold_in(k_floor, c), reps) for c in range(K)]
     _log(t_start, "class floors: " + " ".join(f"{f['w2']:.4f}" for f in class_floors))
 
     # Guided sampling: the same noise x0 for every w (common random numbers). Every field is a
@@ -363,20 +344,14 @@ def main(argv=None):
     x_null = np.asarray(solve.sample_ode(uncond, x0_null, cond=jnp.full_like(labels, NULL)).x)
     x_null = x_null[:n_null]
     mix_real = np.asarray(MIX.sample(jr.fold_in(k_real, K), n_null))
-    mix_floor = metrics.floor_stats(
-        metrics.wasserstein,
-        MIX.sample,
-        n_null,
-        key=jr.fold_in(k_floor, K),
-        repeats=cfg["floor_reps"],
-    )
+    mix_floor = w2_floor(MIX.sample, n_null, jr.fold_in(k_floor, K), reps)
     unconditional = dict(
         n=n_null,
         w2=float(metrics.wasserstein(x_null, mix_real)),
-        floor=mix_floor.mean,
-        floor_sd=float(np.std(mix_floor.values)),
+        floor=mix_floor["w2"],
+        floor_sd=mix_floor["w2_sd"],
     )
-    _log(t_start, f"unconditional: W2 {unconditional['w2']:.4f} (floor {mix_floor.mean:.4f})")
+    _log(t_start, f"unconditional: W2 {unconditional['w2']:.4f} (floor {mix_floor['w2']:.4f})")
 
     # Exact conditional log-likelihood of held-out labelled points, for every w and the null.
     x_ll, c_ll = labelled(k_ll, cfg["n_ll"])
@@ -431,7 +406,6 @@ def main(argv=None):
             compile_seconds=res.compile_seconds,
             final_val_loss=float(res.history["val_loss"][-1]),
         ),
-        wall_seconds=time.perf_counter() - t_start,
     )
     plot_vs_w(m, args.out / "vs_w.png")
     m["wall_seconds"] = time.perf_counter() - t_start
