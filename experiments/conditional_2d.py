@@ -142,7 +142,7 @@ def log_lik(field, x, labels):
     return np.asarray(log_p, np.float64), float(nfe)
 
 
-def plot_samples(sets, out, lim=4.0):
+def plot_samples(sets, out, lim=4.6):
     cols = (len(sets) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.4), squeeze=False)
     for ax in axes.flat[len(sets) :]:
@@ -261,7 +261,8 @@ def write_summary(out, m):
     u = m["unconditional"]
     lines += [
         "",
-        f"Unconditional model (every label = null, {u['n']} samples): W2 {u['w2']:.4f} to the "
+        f"Unconditional model (every label = null; it learns from the {100 * DROPOUT:.0f} % of "
+        f"dropped labels; {u['n']} samples): W2 {u['w2']:.4f} to the "
         f"whole mixture, floor {u['floor']:.4f} +- {u['floor_sd']:.4f} ({u['w2'] / u['floor']:.2f} "
         f"x floor); held-out log p(x) {ll['null']['model']:.4f} vs true {ll['null_true']:.4f} "
         f"(gap {ll['null']['gap']:+.4f} +- {ll['null']['gap_se']:.4f} nats).",
