@@ -234,8 +234,8 @@ def plot_fields(spec, model, x0_big, real, out, times=(0.25, 0.5, 0.75, 0.95)):
                 gx.ravel(), gy.ravel(), u[:, 0], u[:, 1], color="tab:red", scale=25, width=0.004
             )
             ax.set_title(f"{label} over learned p_t, t = {t:.2f}", fontsize=7)
-        plotting.scatter(axes[2, j], real, lim=lim, alpha=1.0, color="0.85")
-        plotting.scatter(axes[2, j], den[:2000], lim=lim, alpha=0.4, color="tab:blue")
+        plotting.scatter(axes[2, j], real, lim=lim, s=4, alpha=1.0, color="0.85")
+        plotting.scatter(axes[2, j], den[:2000], lim=lim, s=4, alpha=0.4, color="tab:blue")
         axes[2, j].set_title(f"denoiser E[x1 | x_t], t = {t:.2f}", fontsize=7)
     fig.suptitle(f"{spec.name}: learned fields", fontsize=9)
     _common.save(fig, out)
@@ -398,10 +398,8 @@ def main(argv=None):
             tqdm.write(_common.line(f"  {sname:42s}", rows[-1], floors))
 
     lim = float(np.abs(np.asarray(real)).max() * 1.3)
-    fig = plotting.scatter_grid(
-        {"real (held out)": np.asarray(real)} | samples, ncols=min(4, len(samples) + 1), lim=lim,
-        panel_size=3.0,
-    )  # fmt: skip
+    sets = {"real (held out)": np.asarray(real)} | samples
+    fig = plotting.scatter_grid(sets, ncols=min(4, len(sets)), lim=lim, panel_size=3.0, s=4)
     _common.save(fig, out / "samples.png")
     plot_losses(histories, out / "losses.png")
     for i, spec in enumerate(args.specs):
