@@ -1,8 +1,21 @@
-"""diffeqgen.plotting (under construction)."""
+"""diffeqgen.plotting: small Matplotlib helpers for 2D point sets, fields and training curves.
+
+Every helper draws on an ``ax`` the caller owns (or returns a new Figure) and leaves styling of the
+figure as a whole to the caller. Matplotlib is imported lazily, only by the helpers that need it.
+"""
 
 import numpy as np
 
-__all__ = ["scatter", "hist2d", "density_heatmap", "scatter_grid"]
+__all__ = [
+    "scatter",
+    "hist2d",
+    "density_heatmap",
+    "scatter_grid",
+    "heatmap",
+    "trajectories",
+    "loss_curve",
+    "running_mean",
+]
 
 
 # --- 2D point sets and densities (data helper) ------------------------------------------------
@@ -69,6 +82,25 @@ def density_heatmap(
     return ax
 
 
+def heatmap(ax, values, *, lim: float = 4.0, title: str | None = None, **imshow_kw):
+    """Show ``values`` of an ``m x m`` grid on ``[-lim, lim]^2`` (row = y, as ``np.meshgrid``).
+
+    ``values`` has shape ``(m, m)`` or ``(m * m,)`` (flattened row-major, e.g. a function of the
+    grid points ``np.stack([gx.ravel(), gy.ravel()], -1)``); ``imshow_kw`` go to ``ax.imshow``
+    (``cmap``, ``vmin``, ``vmax``, ...). Returns the image (for a colorbar).
+    """
+    values = np.asarray(values)
+    m = int(round(np.sqrt(values.size)))
+    if m * m != values.size:
+        raise ValueError(f"values must hold a square grid, got {values.size} values")
+    im = ax.imshow(values.reshape(m, m), origin="lower", extent=(-lim, lim, -lim, lim), **imshow_kw)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return im
+
+
 def scatter_grid(
     sets, *, ncols: int = 5, lim: float = 4.0, kind: str = "scatter", panel_size: float = 2.2, **kw
 ):
@@ -90,3 +122,78 @@ def scatter_grid(
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# --- trajectories and training curves -----------------------------------------------------------
+
+
+def trajectories(
+    ax,
+    xs,
+    *,
+    lim: float = 4.0,
+    title: str | None = None,
+    start_label: str = "t = 0",
+    end_label: str = "t = 1",
+    lw: float = 0.5,
+    alpha: float = 0.5,
+    s: float = 4.0,
+):
+    """Draw 2D trajectories ``xs (T, n, 2)`` (e.g. ``Solution.xs``) as grey lines.
+
+    The start points ``xs[0]`` are drawn in blue (C0) and the end points ``xs[-1]`` in red (C3),
+    labelled ``start_label`` and ``end_label`` (legend in the lower right).
+    """
+    xs = np.asarray(xs)
+    if xs.ndim != 3 or xs.shape[-1] != 2:
+        raise ValueError(f"xs must have shape (T, n, 2), got shape {xs.shape}")
+    ax.plot(xs[:, :, 0], xs[:, :, 1], lw=lw, alpha=alpha, color="0.35", rasterized=True)
+    ax.scatter(xs[0, :, 0], xs[0, :, 1], s=s, color="C0", label=start_label, zorder=3)
+    ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=s, color="C3", label=end_label, zorder=3)
+    _square_axes(ax, lim, title)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def running_mean(x, window: int) -> np.ndarray:
+    """Means of ``window`` consecutive values of ``x`` (length ``len(x) - window + 1``)."""
+    if not (isinstance(window, int | np.integer) and window >= 1):
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    x = np.asarray(x, np.float64)
+    return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+def loss_curve(
+    ax,
+    history,
+    *,
+    label: str | None = None,
+    window: int | None = None,
+    val_label: str | None = None,
+    val_fmt: str = "o--",
+):
+    """Plot a training history (``train.fit(...).history``) on ``ax``.
+
+    The per-step train loss ``history["loss"]`` is drawn as a running mean over ``window`` steps
+    (default ``max(1, len // 200)``) at ``history["step"]``, and the validation loss of the EMA
+    model (``"val_step"``, ``"val_loss"``, if any) as ``val_fmt`` points in the same colour.
+    Labels: ``"<label>: train (running mean w)"`` and ``val_label`` (default ``"<label>:
+    validation (EMA)"``). Returns the running mean drawn, shape ``(len - window + 1,)``.
+    """
+    loss = np.asarray(history["loss"])
+    w = max(1, len(loss) // 200) if window is None else window
+    smooth = running_mean(loss, w)
+    pre = "" if label is None else f"{label}: "
+    (line,) = ax.plot(
+        np.asarray(history["step"])[w - 1 :], smooth, lw=1, label=f"{pre}train (running mean {w})"
+    )
+    if len(history.get("val_step", ())):
+        ax.plot(
+            history["val_step"],
+            history["val_loss"],
+            val_fmt,
+            ms=3,
+            color=line.get_color(),
+            label=val_label or f"{pre}validation (EMA)",
+        )
+    return smooth

@@ -1,18 +1,29 @@
-"""Pieces shared by the experiment scripts: common flags, floors, scoring, Ctrl-C handling.
+"""Pieces shared by the experiment scripts: flags, floors, scoring, tables, figures, Ctrl-C.
 
 Scripts import this module as ``_common`` (``python experiments/x.py`` puts ``experiments/`` on
-``sys.path``). Only code whose logic is the same in several scripts lives here; every function
-reproduces the numbers the scripts produced before it was shared.
+``sys.path``); importing it selects Matplotlib's non-interactive Agg backend. Only code whose
+logic is the same in several scripts lives here; every function reproduces the numbers the scripts
+produced before it was shared. Everything here uses the public API of diffeqgen only.
 """
 
 import argparse
+import json
+import math
 import pathlib
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
 import jax.random as jr
+import matplotlib
 import numpy as np
 
-from diffeqgen import metrics, train
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from diffeqgen import metrics, train  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,6 +54,92 @@ def make_parser(doc, study):
     )
     p.add_argument("--resume", action="store_true", help="resume training from the checkpoints")
     return p
+
+
+# --- flag types: a bad value fails in argparse ("error: argument --x: ..."), before any work ---
+
+
+def positive(name, *, allow_zero=False):
+    """Argparse ``type``: a finite float > 0 (>= 0 with ``allow_zero``); errors name ``name``."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0)):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number {bound}, got {v!r}")
+        return v
+
+    return parse
+
+
+def integer(name, *, minimum=1):
+    """Argparse ``type``: an integer >= ``minimum``; errors name ``name``."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be an integer >= {minimum}, got {text!r}"
+            )
+        return v
+
+    return parse
+
+
+def choices(name, allowed):
+    """Argparse ``type``: a comma-separated list of names from ``allowed`` (at least one)."""
+
+    def parse(text):
+        out = [c.strip() for c in text.split(",") if c.strip()]
+        if not out:
+            raise argparse.ArgumentTypeError(f"--{name}s must name at least one {name}")
+        for c in out:
+            if c not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {name} {c!r}; expected one of: {', '.join(map(str, allowed))}"
+                )
+        return out
+
+    return parse
+
+
+def choice(name, allowed):
+    """Argparse ``type``: one name from ``allowed``."""
+    many = choices(name, allowed)
+
+    def parse(text):
+        out = many(text)
+        if len(out) != 1:
+            raise argparse.ArgumentTypeError(f"{name} must be one name, got {text!r}")
+        return out[0]
+
+    return parse
+
+
+def config(args, settings, **overrides):
+    """The study's settings: ``settings`` maps name -> ``(full, quick)``; pick by ``--quick``.
+
+    Every override that is not None replaces its setting.
+    """
+    cfg = {k: v[1] if args.quick else v[0] for k, v in settings.items()}
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def add_mmd_bandwidth(p, default=0.5):
+    """Add ``--mmd-bandwidth`` (RBF bandwidth of the MMD in data units; 0 = median heuristic)."""
+    p.add_argument(
+        "--mmd-bandwidth",
+        type=positive("mmd_bandwidth", allow_zero=True),
+        default=default,
+        help="RBF bandwidth of the MMD, in data units (0 = median heuristic)",
+    )
 
 
 def fit(args, name, model, loss_fn, data, **kwargs):
@@ -142,6 +239,118 @@ def floors_shared_keys(sampler, n, *, key, bandwidth, repeats):
         mmd_std=float(np.std(mmd)),
         reps=repeats,
     )
+
+
+def reference(sampler, real, *, key, repeats):
+    """MMD bandwidth (median heuristic on ``real``) and floors at ``len(real)``, printed.
+
+    Floors follow :func:`floors_shared_keys` (the scheme of flow_matching_2d and cat_to_dog).
+
+    Returns:
+        ``(bandwidth, floors)``.
+    """
+    n = len(real)
+    bandwidth = metrics.median_bandwidth(real, real)
+    floors = floors_shared_keys(sampler, n, key=key, bandwidth=bandwidth, repeats=repeats)
+    print(
+        f"floors at n = {n}: W2 {floors['w2']:.4f}, MMD^2 {floors['mmd']:.2e} "
+        f"(bandwidth {bandwidth:.3f})"
+    )
+    return bandwidth, floors
+
+
+def scored(x, real, bandwidth, floors):
+    """``dict(w2, w2_over_floor, mmd)`` of samples ``x`` (:func:`score`) beside the W2 floor."""
+    w2, mmd = score(x, real, bandwidth)
+    return dict(w2=w2, w2_over_floor=w2 / floors["w2"], mmd=mmd)
+
+
+def nfe_to(rows, bound):
+    """Smallest NFE among ``rows`` whose W2 is at most ``bound`` (None if none is)."""
+    return min((r["nfe"] for r in rows if r["w2"] <= bound), default=None)
+
+
+def line(label, row, floors):
+    """One printed line: a row's NFE, W2 and MMD^2, each beside its floor."""
+    return (
+        f"{label} NFE={row['nfe']:>4} W2={row['w2']:.4f} ({row['w2'] / floors['w2']:.2f}x floor "
+        f"{floors['w2']:.4f}) MMD^2={row['mmd']:.2e} (floor {floors['mmd']:.2e})"
+    )
+
+
+def timed(fn, *args, repeat=False, **kwargs):
+    """Run ``fn(*args, **kwargs)`` to completion: ``(result, warm seconds, first-call seconds)``.
+
+    With ``repeat`` the call runs twice (compile, then warm); otherwise once and that time is
+    reported for both.
+    """
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    first = time.perf_counter() - t
+    if not repeat:
+        return out, first, first
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, time.perf_counter() - t, first
+
+
+# --- reports: Markdown tables, JSON, figures -----------------------------------------------------
+
+
+def table(header, rows, align=None):
+    """Lines of a Markdown table from ``" | "``-separated strings: the header, then each row.
+
+    ``align`` has one letter per column, ``l`` (``---``) or ``r`` (``---:``); default all ``l``.
+    """
+    align = align or "l" * len(header.split(" | "))
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return [f"| {header} |", rule, *(f"| {r} |" for r in rows)]
+
+
+def write_report(out, m, lines):
+    """Write ``metrics.json`` (``m``, indented) and ``summary.md`` (``lines``) into ``out``."""
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def save(fig, file, **kw):
+    """``tight_layout``, save at 100 dpi and close."""
+    fig.tight_layout(**kw)
+    fig.savefig(file, dpi=100)
+    plt.close(fig)
+
+
+def grid(lim, n):
+    """An ``n x n`` grid on ``[-lim, lim]^2``: ``(gx, gy, points (n^2, 2))``, float32."""
+    g = np.linspace(-lim, lim, n, dtype=np.float32)
+    gx, gy = np.meshgrid(g, g)
+    return gx, gy, jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1))
+
+
+def field_on(fn, t, points):
+    """``fn(t, x, None)`` at every row of ``points``, as a NumPy array."""
+    return np.asarray(jax.vmap(lambda x: fn(t, x, None))(points))
+
+
+def plot_quality(curves, floors, file, *, xlabel, w2_label):
+    """W2 and MMD^2 against NFE (log x), one line per curve, each panel beside its floor.
+
+    ``curves`` is a list of ``(label, rows, fmt, style)``: rows with ``nfe``, ``w2`` and ``mmd``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for metric, ax in zip(("w2", "mmd"), axes, strict=True):
+        for label, rs, fmt, style in curves:
+            ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], fmt, label=label, **style)
+        ax.axhline(floors[metric], color="k", ls=":", lw=1, label="floor")
+        ax.set_xscale("log")
+        if metric == "w2":
+            ax.set_yscale("log")
+        else:  # the unbiased MMD^2 estimate can be negative
+            ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel({"w2": w2_label, "mmd": "MMD^2 (fixed bandwidth)"}[metric])
+        ax.legend(fontsize=7)
+    save(fig, file)
 
 
 def run_interruptible(main):

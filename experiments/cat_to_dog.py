@@ -15,55 +15,35 @@ length to chord, both from Euler N = 100 trajectories.
 Run ``python experiments/cat_to_dog.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
 
-import json
 import pathlib
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
-import _common  # noqa: E402
-import jax  # noqa: E402
+import _common  # noqa: E402  (selects the Agg backend)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import data, losses, metrics, nn, solve, train  # noqa: E402
-from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E402
-from diffeqgen._ot import ot_pairing  # noqa: E402
+from diffeqgen import data, losses, nn, plotting, solve, train  # noqa: E402
 
 STUDY = "cat_to_dog"
 SOURCE, TARGET = "cat", "dog"
 
-FULL = dict(
-    steps=12_000,
-    batch=256,
-    lr=2e-3,
-    width=128,
-    depth=4,
-    n=2000,
-    n_traj=200,
-    nfes=(1, 2, 3, 5, 10, 20, 40, 100),
-    val_every=1000,
-    checkpoint_every=500,
-    floor_reps=5,
-)
-QUICK = dict(
-    steps=300,
-    batch=128,
-    lr=2e-3,
-    width=64,
-    depth=3,
-    n=300,
-    n_traj=60,
-    nfes=(1, 4),
-    val_every=150,
-    checkpoint_every=150,
-    floor_reps=1,
+SETTINGS = dict(  # name=(full, --quick)
+    steps=(12_000, 300),
+    batch=(256, 128),
+    lr=(2e-3, 2e-3),
+    width=(128, 64),
+    depth=(4, 3),
+    n=(2000, 300),
+    n_traj=(200, 60),
+    nfes=((1, 2, 3, 5, 10, 20, 40, 100), (1, 4)),
+    val_every=(1000, 150),
+    checkpoint_every=(500, 150),
+    floor_reps=(5, 1),
 )
 
 
@@ -71,37 +51,25 @@ def parse_args(argv=None):
     p = _common.make_parser(__doc__, STUDY)
     p.add_argument(
         "--couplings",
+        type=_common.choices("coupling", losses.COUPLINGS),
         default="independent,ot",
         help=f"comma-separated couplings, from {', '.join(losses.COUPLINGS)}",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model")
-    p.add_argument("--batch", type=int, default=None, help="batch size (= OT minibatch size)")
+    p.add_argument("--steps", type=_common.integer("steps"), help="training steps per model")
+    p.add_argument(
+        "--batch", type=_common.integer("batch", minimum=2), help="batch (= OT minibatch) size"
+    )
     p.add_argument(
         "--ot-epsilon",
-        type=float,
+        type=_common.positive("ot_epsilon"),
         default=0.005,
         help="Sinkhorn regulariser relative to the mean pairwise cost",
     )
-    p.add_argument("--ot-iters", type=int, default=100, help="Sinkhorn iterations")
+    p.add_argument(
+        "--ot-iters", type=_common.integer("ot_iters"), default=100, help="Sinkhorn iterations"
+    )
     args = p.parse_args(argv)
-    cfg = dict(QUICK if args.quick else FULL)
-    try:
-        args.couplings = [
-            check_choice("coupling", c.strip(), losses.COUPLINGS)
-            for c in args.couplings.split(",")
-            if c.strip()
-        ]
-        if not args.couplings:
-            raise ValueError("--couplings must name at least one coupling")
-        if args.steps is not None:
-            cfg["steps"] = check_int("steps", args.steps)
-        if args.batch is not None:
-            cfg["batch"] = check_int("batch", args.batch, minimum=2)
-        check_positive("ot_epsilon", args.ot_epsilon)
-        check_int("ot_iters", args.ot_iters)
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
-    args.cfg = cfg
+    args.cfg = _common.config(args, SETTINGS, steps=args.steps, batch=args.batch)
     return args
 
 
@@ -155,138 +123,65 @@ def pairing_cost(coupling, args, key, n):
     k0, k1, k2 = jr.split(key, 3)
     x0, x1 = data.sample(SOURCE, k0, n), data.sample(TARGET, k1, n)
     if coupling == "ot":
-        x1 = x1[ot_pairing(k2, x0, x1, epsilon=args.ot_epsilon, num_iters=args.ot_iters)]
+        x1 = x1[losses.ot_pairing(k2, x0, x1, epsilon=args.ot_epsilon, num_iters=args.ot_iters)]
     return float(jnp.mean(jnp.sum((x1 - x0) ** 2, -1)))
-
-
-def _square(ax, lim=4.5, title=None):
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8)
 
 
 def plot_samples(sets, out):
     fig, axes = plt.subplots(1, len(sets), figsize=(2.3 * len(sets), 2.5), squeeze=False)
     for ax, (title, x) in zip(axes[0], sets.items(), strict=True):
-        ax.scatter(
-            x[:, 0],
-            x[:, 1],
-            s=1,
-            alpha=0.5,
-            linewidths=0,
-            color="C0" if title.startswith(("cat", "dog")) else "C3",
-        )
-        _square(ax, title=title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+        color = "C0" if title.startswith(("cat", "dog")) else "C3"
+        plotting.scatter(ax, x, lim=4.5, color=color, title=title)
+    _common.save(fig, out)
 
 
 def plot_trajectories(trajs, out):
     fig, axes = plt.subplots(1, len(trajs), figsize=(4.2 * len(trajs), 4.2), squeeze=False)
     for ax, (title, xs) in zip(axes[0], trajs.items(), strict=True):
-        xs = np.asarray(xs)
-        for i in range(xs.shape[1]):
-            ax.plot(xs[:, i, 0], xs[:, i, 1], lw=0.5, alpha=0.5, color="0.35", rasterized=True)
-        ax.scatter(xs[0, :, 0], xs[0, :, 1], s=4, color="C0", label="cat (t = 0)", zorder=3)
-        ax.scatter(
-            xs[-1, :, 0], xs[-1, :, 1], s=4, color="C3", label="generated dog (t = 1)", zorder=3
-        )
-        _square(ax, title=title)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+        plotting.trajectories(
+            ax, xs, lim=4.5, title=title, start_label="cat (t = 0)",
+            end_label="generated dog (t = 1)",
+        )  # fmt: skip
+    _common.save(fig, out)
 
 
 def plot_fields(models, cat, dog, out, times=(0.0, 0.5, 1.0), lim=4.5):
-    g = np.linspace(-lim, lim, 21, dtype=np.float32)
-    xx, yy = np.meshgrid(g, g)
-    pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1))
+    xx, yy, pts = _common.grid(lim, 21)
     fig, axes = plt.subplots(
         len(models), len(times), figsize=(3.2 * len(times), 3.2 * len(models)), squeeze=False
     )
     for r, (name, model) in enumerate(models.items()):
         for c, t in enumerate(times):
-            v = np.asarray(jax.vmap(lambda x, t=t, model=model: model(t, x))(pts))
+            v = _common.field_on(model, t, pts)
             ax = axes[r, c]
             speed = np.hypot(v[:, 0], v[:, 1])
             unit = v / np.maximum(speed, 1e-9)[:, None]  # direction; colour = speed
             for pts_, col in ((cat[:800], "C0"), (dog[:800], "C3")):
-                ax.scatter(
-                    pts_[:, 0], pts_[:, 1], s=1, alpha=0.3, color=col, linewidths=0, rasterized=True
-                )
+                plotting.scatter(ax, pts_, lim=lim, alpha=0.3, color=col)
             q = ax.quiver(
-                xx,
-                yy,
-                unit[:, 0].reshape(xx.shape),
-                unit[:, 1].reshape(xx.shape),
-                speed.reshape(xx.shape),
-                cmap="viridis",
-                angles="xy",
-                scale_units="xy",
-                scale=1.0 / (0.8 * (g[1] - g[0])),
-                width=0.004,
-            )
+                xx, yy, unit[:, 0].reshape(xx.shape), unit[:, 1].reshape(xx.shape),
+                speed.reshape(xx.shape), cmap="viridis", angles="xy", scale_units="xy",
+                scale=1.0 / (0.8 * (xx[0, 1] - xx[0, 0])), width=0.004,
+            )  # fmt: skip
             fig.colorbar(q, ax=ax, shrink=0.7, label="|v|")
-            _square(ax, lim, f"{name}: v(t = {t:g}, x) (cat blue, dog red)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-def plot_quality(rows, floors, out):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for metric, ax in zip(("w2", "mmd"), axes, strict=True):
-        for c in dict.fromkeys(r["coupling"] for r in rows):
-            rs = [r for r in rows if r["coupling"] == c and r["solver"] == "euler"]
-            ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], "o-", label=c)
-        ax.axhline(floors[metric], color="k", ls=":", lw=1, label="floor")
-        ax.set_xscale("log")
-        if metric == "w2":
-            ax.set_yscale("log")
-        else:  # the unbiased MMD^2 estimate can be negative
-            ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel("NFE (Euler steps)")
-        ax.set_ylabel({"w2": "W2 to held-out dogs", "mmd": "MMD^2 (fixed bandwidth)"}[metric])
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+            ax.set_title(f"{name}: v(t = {t:g}, x) (cat blue, dog red)", fontsize=8)
+    _common.save(fig, out)
 
 
 def plot_losses(results, out):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, res in results.items():
-        loss = np.asarray(res.history["loss"])
-        w = max(1, len(loss) // 200)
-        ax.plot(
-            res.history["step"][w - 1 :],
-            np.convolve(loss, np.ones(w) / w, "valid"),
-            lw=1,
-            label=f"{name}: train (running mean {w})",
-        )
-        ax.plot(
-            res.history["val_step"],
-            res.history["val_loss"],
-            "o--",
-            ms=3,
-            label=f"{name}: validation (EMA, same coupling)",
+        plotting.loss_curve(
+            ax, res.history, label=name, val_label=f"{name}: validation (EMA, same coupling)"
         )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("interpolant loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
-def write_summary(out, m):
+def summary(m):
     f = m["floors"]
     lines = [
         "# Cat -> dog: independent against minibatch-OT coupling (texts 000, 001)",
@@ -303,28 +198,30 @@ def write_summary(out, m):
         f"{f['reps']} pairs): W2 {f['w2']:.4f} +- {f['w2_std']:.4f}, MMD^2 {f['mmd']:.2e} "
         f"+- {f['mmd_std']:.1e}.",
         "",
-        "| coupling | solver | NFE | W2 | W2 / floor | MMD^2 | MMD^2 floor |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in m["rows"]:
-        lines.append(
-            f"| {r['coupling']} | {r['solver']} | {r['nfe']} | {r['w2']:.4f} | "
-            f"{r['w2_over_floor']:.2f} | {r['mmd']:.2e} | {f['mmd']:.2e} |"
-        )
-    lines += [
+        *_common.table(
+            "coupling | solver | NFE | W2 | W2 / floor | MMD^2 | MMD^2 floor",
+            [
+                f"{r['coupling']} | {r['solver']} | {r['nfe']} | {r['w2']:.4f} | "
+                f"{r['w2_over_floor']:.2f} | {r['mmd']:.2e} | {f['mmd']:.2e}"
+                for r in m["rows"]
+            ],
+            "llrrrrr",
+        ),
         "",
-        "| coupling | pair cost E\\|x1 - x0\\|^2 | kinetic excess | length / chord | "
-        "NFE to W2 <= 1.1 x own converged W2 | NFE to W2 <= 1.5 x floor | train s | steps/s | "
-        "final val loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_common.table(
+            "coupling | pair cost E\\|x1 - x0\\|^2 | kinetic excess | length / chord | "
+            "NFE to W2 <= 1.1 x own converged W2 | NFE to W2 <= 1.5 x floor | train s | steps/s | "
+            "final val loss",
+            [
+                f"{c} | {s['pair_cost']:.3f} | {s['kinetic_excess']:.4f} | "
+                f"{s['length_over_chord']:.4f} | {s['nfe_to_converged'] or '> max'} | "
+                f"{s['nfe_to_1p5_floor'] or '> max'} | {s['train_seconds']:.0f} | "
+                f"{s['steps_per_second']:.0f} | {s['final_val_loss']:.4f}"
+                for c, s in m["per_coupling"].items()
+            ],
+            "lrrrrrrrr",
+        ),
     ]
-    for c, s in m["per_coupling"].items():
-        lines.append(
-            f"| {c} | {s['pair_cost']:.3f} | {s['kinetic_excess']:.4f} | "
-            f"{s['length_over_chord']:.4f} | {s['nfe_to_converged'] or '> max'} | "
-            f"{s['nfe_to_1p5_floor'] or '> max'} | "
-            f"{s['train_seconds']:.0f} | {s['steps_per_second']:.0f} | {s['final_val_loss']:.4f} |"
-        )
     b = m["best"]
     lines += [
         "",
@@ -352,7 +249,7 @@ def write_summary(out, m):
         "Figures: `samples.png`, `trajectories.png`, `velocity_field.png`, `quality_vs_nfe.png`, "
         "`loss.png`. Samples: `samples.npz`.",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -362,16 +259,10 @@ def main(argv=None):
     t_start = time.perf_counter()
     k_train, k_src, k_tgt, k_floor, k_pair = jr.split(jr.key(args.seed), 5)
     n = cfg["n"]
-    dog_sampler = data.sampler(TARGET)
     cat = np.asarray(data.sample(SOURCE, k_src, n))
     dog = np.asarray(data.sample(TARGET, k_tgt, n))
-    bandwidth = metrics.median_bandwidth(dog, dog)
-    floors = _common.floors_shared_keys(
-        dog_sampler, n, key=k_floor, bandwidth=bandwidth, repeats=cfg["floor_reps"]
-    )
-    print(
-        f"floors at n = {n}: W2 {floors['w2']:.4f}, MMD^2 {floors['mmd']:.2e} "
-        f"(bandwidth {bandwidth:.3f})"
+    bandwidth, floors = _common.reference(
+        data.sampler(TARGET), dog, key=k_floor, repeats=cfg["floor_reps"]
     )
 
     results = {}
@@ -384,32 +275,22 @@ def main(argv=None):
     jobs = [(c, "euler", s) for c in args.couplings for s in cfg["nfes"]]
     jobs += [(c, "tsit5", None) for c in args.couplings]
     for c, solver, steps in tqdm(jobs, desc="sampling", file=sys.stdout):
-        t0 = time.perf_counter()
-        sol = solve.sample_ode(
-            models[c], jnp.asarray(cat), solver=solver, steps=steps, rtol=1e-5, atol=1e-5
+        sol, secs, _ = _common.timed(
+            solve.sample_ode,
+            models[c],
+            jnp.asarray(cat),
+            solver=solver,
+            steps=steps,
+            rtol=1e-5,
+            atol=1e-5,
         )
-        x = np.asarray(jax.block_until_ready(sol.x))
-        secs = time.perf_counter() - t0
-        w2, mmd = _common.score(x, dog, bandwidth)
+        x = finals[(c, solver, steps)] = np.asarray(sol.x)
         rows.append(
-            dict(
-                coupling=c,
-                solver=solver,
-                steps=steps,
-                nfe=int(sol.nfe),
-                w2=w2,
-                w2_over_floor=w2 / floors["w2"],
-                mmd=mmd,
-                sample_seconds=secs,
-            )
-        )
-        finals[(c, solver, steps)] = x
+            dict(coupling=c, solver=solver, steps=steps, nfe=int(sol.nfe),
+                 **_common.scored(x, dog, bandwidth, floors), sample_seconds=secs)
+        )  # fmt: skip
     for r in rows:
-        tqdm.write(
-            f"{r['coupling']:>11} {r['solver']:>6} NFE={r['nfe']:>4} W2={r['w2']:.4f} "
-            f"({r['w2_over_floor']:.2f}x floor {floors['w2']:.4f}) MMD^2={r['mmd']:.2e} "
-            f"(floor {floors['mmd']:.2e})"
-        )
+        tqdm.write(_common.line(f"{r['coupling']:>11} {r['solver']:>6}", r, floors))
     best = min(rows, key=lambda r: r["w2"])
 
     ts = jnp.linspace(0.0, 1.0, 101)
@@ -419,14 +300,12 @@ def main(argv=None):
         st = straightness(sol.xs, ts)
         trajs[f"{c} coupling"] = np.asarray(sol.xs)[:, : cfg["n_traj"]]
         euler = [r for r in rows if r["coupling"] == c and r["solver"] == "euler"]
-        hit = [r["nfe"] for r in euler if r["w2"] <= 1.5 * floors["w2"]]
-        conv = [r["nfe"] for r in euler if r["w2"] <= 1.1 * euler[-1]["w2"]]
         res = results[c]
         per[c] = dict(
             **st,
             pair_cost=pairing_cost(c, args, jr.fold_in(k_pair, i), cfg["batch"]),
-            nfe_to_1p5_floor=min(hit) if hit else None,
-            nfe_to_converged=min(conv),
+            nfe_to_1p5_floor=_common.nfe_to(euler, 1.5 * floors["w2"]),
+            nfe_to_converged=_common.nfe_to(euler, 1.1 * euler[-1]["w2"]),
             train_seconds=res.wall_seconds,
             steps_per_second=res.steps_per_second,
             final_val_loss=float(res.history["val_loss"][-1]),
@@ -446,7 +325,16 @@ def main(argv=None):
     plot_samples(sets, args.out / "samples.png")
     plot_trajectories(trajs, args.out / "trajectories.png")
     plot_fields(models, cat, dog, args.out / "velocity_field.png")
-    plot_quality(rows, floors, args.out / "quality_vs_nfe.png")
+    _common.plot_quality(
+        [
+            (c, [r for r in rows if r["coupling"] == c and r["solver"] == "euler"], "o-", {})
+            for c in args.couplings
+        ],
+        floors,
+        args.out / "quality_vs_nfe.png",
+        xlabel="NFE (Euler steps)",
+        w2_label="W2 to held-out dogs",
+    )
     plot_losses(results, args.out / "loss.png")
 
     np.savez_compressed(
@@ -460,27 +348,13 @@ def main(argv=None):
         },
     )
     m = dict(
-        study=STUDY,
-        seed=args.seed,
-        quick=args.quick,
-        n=n,
-        train_steps=cfg["steps"],
-        batch=cfg["batch"],
-        lr=cfg["lr"],
-        width=cfg["width"],
-        depth=cfg["depth"],
-        ot_epsilon=args.ot_epsilon,
-        ot_iters=args.ot_iters,
-        mmd_bandwidth=bandwidth,
-        mmd_estimator="unbiased",
-        floors=floors,
-        rows=rows,
-        best=best,
-        per_coupling=per,
+        study=STUDY, seed=args.seed, quick=args.quick, n=n, train_steps=cfg["steps"],
+        batch=cfg["batch"], lr=cfg["lr"], width=cfg["width"], depth=cfg["depth"],
+        ot_epsilon=args.ot_epsilon, ot_iters=args.ot_iters, mmd_bandwidth=bandwidth,
+        mmd_estimator="unbiased", floors=floors, rows=rows, best=best, per_coupling=per,
         wall_seconds=time.perf_counter() - t_start,
-    )
-    (args.out / "metrics.json").write_text(json.dumps(m, indent=2))
-    write_summary(args.out, m)
+    )  # fmt: skip
+    _common.write_report(args.out, m, summary(m))
     print(
         f"best: {best['coupling']} / {best['solver']} NFE {best['nfe']}: W2 {best['w2']:.4f} = "
         f"{best['w2'] / floors['w2']:.2f} x floor; wrote {args.out} in {m['wall_seconds']:.0f} s"

@@ -27,66 +27,43 @@ import sys
 import time
 from pathlib import Path
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import jax.random as jr
-import matplotlib
-import numpy as np
-import scipy.linalg
-from scipy.integrate import solve_ivp
-
-matplotlib.use("Agg")
-
+sys.path.append(str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+import _common  # noqa: E402  (selects the Agg backend)
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.linalg  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import cnf, data, nn, paths, solve, train  # noqa: E402
-from diffeqgen.losses import flow_matching_loss  # noqa: E402
+from diffeqgen import cnf, data, losses, nn, paths, plotting, solve, train  # noqa: E402
 
 A_MATRIX = np.array([[3 / 5, 2 / 5], [1 / 5, 4 / 5]])
 TANH_TIMES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 STUDY_SOLVERS = ("euler", "midpoint", "rk4", "tsit5", "dopri5")
 ADAPTIVE_SOLVERS = ("tsit5", "dopri5")
-FULL = dict(
-    datasets="8gaussians,checkerboard,pinwheel",
-    steps=2000,
-    lin_grid=60,
-    tanh_n=3000,
-    tanh_bins=30,
-    n_test=2000,
-    n_val=500,
-    grid=60,
-    chunk=500,
-    fm_steps=20000,
-    fixed_steps=(2, 4, 8, 16, 32, 64, 128, 256),
-    tols=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8),
-    solvers=STUDY_SOLVERS,
-    tol_solvers=ADAPTIVE_SOLVERS,
-    n_solver=256,
-    probes=(1, 4, 16),
-    n_hutch=128,
-    hutch_reps=16,
-)
-QUICK = dict(
-    datasets="8gaussians",
-    steps=30,
-    lin_grid=20,
-    tanh_n=500,
-    tanh_bins=12,
-    n_test=200,
-    n_val=200,
-    grid=16,
-    chunk=256,
-    fm_steps=100,
-    fixed_steps=(2, 8),
-    tols=(1e-3,),
-    solvers=("euler",),
-    tol_solvers=("dopri5",),
-    n_solver=32,
-    probes=(4,),
-    n_hutch=16,
-    hutch_reps=4,
+SETTINGS = dict(  # name=(full, --quick)
+    datasets=("8gaussians,checkerboard,pinwheel", "8gaussians"),
+    steps=(2000, 30),
+    lin_grid=(60, 20),
+    tanh_n=(3000, 500),
+    tanh_bins=(30, 12),
+    n_test=(2000, 200),
+    n_val=(500, 200),
+    grid=(60, 16),
+    chunk=(500, 256),
+    fm_steps=(20000, 100),
+    fixed_steps=((2, 4, 8, 16, 32, 64, 128, 256), (2, 8)),
+    tols=((1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8), (1e-3,)),
+    solvers=(STUDY_SOLVERS, ("euler",)),
+    tol_solvers=(ADAPTIVE_SOLVERS, ("dopri5",)),
+    n_solver=(256, 32),
+    probes=((1, 4, 16), (4,)),
+    n_hutch=(128, 16),
+    hutch_reps=(16, 4),
 )
 
 
@@ -96,15 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--datasets",
-        default=None,
+        type=_common.choices("dataset", data.names()),
         help="comma-separated 2D datasets for the maximum-likelihood CNF and flow matching "
-        f"(default {FULL['datasets']}; --quick: {QUICK['datasets']}); see diffeqgen.data.names()",
+        "(default {}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
     )
     p.add_argument(
         "--steps",
-        type=int,
-        default=None,
-        help=f"training steps of each ML CNF (default {FULL['steps']}; --quick {QUICK['steps']})",
+        type=_common.integer("--steps"),
+        help="training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"]),
     )
     p.add_argument(
         "--solver",
@@ -113,31 +89,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         + ", ".join(solve.ODE_SOLVERS)
         + " with an error estimate",
     )
-    p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of evaluations")
-    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance of evaluations")
-    p.add_argument("--seed", type=int, default=0, help="seed of every PRNG key (default 0)")
+    for flag, what in (("rtol", "relative"), ("atol", "absolute")):
+        p.add_argument(
+            f"--{flag}",
+            type=_common.positive(f"--{flag}"),
+            default=1e-6,
+            help=f"{what} tolerance of evaluations",
+        )
+    seed = _common.integer("--seed", minimum=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of every PRNG key (default 0)")
     p.add_argument("--out", type=Path, default=Path("results/cnf_likelihood"), help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny settings (< 1 min), for tests")
     args = p.parse_args(argv)
-    cfg = dict(QUICK if args.quick else FULL)
-    names = (args.datasets or cfg["datasets"]).split(",")
-    for name in names:
-        if name not in data.names():
-            p.error(f"unknown dataset {name!r}; expected one of: {', '.join(data.names())}")
     if args.solver not in solve.ODE_SOLVERS or args.solver in ("euler", "midpoint", "rk4"):
         adaptive = [s for s in solve.ODE_SOLVERS if s not in ("euler", "midpoint", "rk4", "heun")]
         p.error(f"unknown or non-adaptive --solver {args.solver!r}; expected one of {adaptive}")
-    for flag in ("rtol", "atol"):
-        value = getattr(args, flag)
-        if not (math.isfinite(value) and value > 0):
-            p.error(f"--{flag} must be a finite number > 0, got {value}")
-    if args.steps is not None and args.steps < 1:
-        p.error(f"--steps must be >= 1, got {args.steps}")
-    if args.seed < 0:
-        p.error(f"--seed must be >= 0, got {args.seed}")
-    cfg["datasets"] = names
-    cfg["steps"] = args.steps or cfg["steps"]
-    args.cfg = cfg
+    args.cfg = _common.config(args, SETTINGS, steps=args.steps)
+    args.cfg["datasets"] = args.datasets or args.cfg["datasets"].split(",")
     return args
 
 
@@ -164,11 +132,7 @@ def chunked_log_prob(vf, x, chunk: int, **kw) -> tuple[np.ndarray, float]:
 
 
 def heat(ax, values, lim, title, **kw):
-    n = int(round(math.sqrt(values.size)))
-    ax.imshow(values.reshape(n, n), origin="lower", extent=(-lim, lim, -lim, lim), **kw)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    plotting.heatmap(ax, values, lim=lim, title=title, **kw)
 
 
 # ----------------------------------------------------------------------------- 1. linear map
@@ -205,17 +169,11 @@ def linear_map(cfg, ev, out: Path) -> dict:
     vmin, vmax = exact.min(), exact.max()
     heat(axes[0], exact, lim, "analytic log N(0, A A^T)", vmin=vmin, vmax=vmax)
     heat(axes[1], lp, lim, f"CNF log p (dz/dt = logm(A) z), NFE {nfe:.0f}", vmin=vmin, vmax=vmax)
-    im = axes[2].imshow(
-        err.reshape(cfg["lin_grid"], -1),
-        origin="lower",
-        cmap="magma",
-        extent=(-lim, lim, -lim, lim),
+    im = plotting.heatmap(
+        axes[2], err, lim=lim, title=f"|error|, max {err.max():.1e}", cmap="magma"
     )
-    axes[2].set_title(f"|error|, max {err.max():.1e}", fontsize=9)
     fig.colorbar(im, ax=axes[2])
-    fig.tight_layout()
-    fig.savefig(out / "linear_map.png", dpi=100)
-    plt.close(fig)
+    _common.save(fig, out / "linear_map.png")
     return dict(
         logm_A=log_a.tolist(),
         logm_max_imag=imag,
@@ -309,16 +267,12 @@ def tanh_flow(cfg, ev, key, out: Path) -> dict:
         heat(axes[0, i], hist, lim, f"samples t={t:.1f}", vmin=0, vmax=vmax)
         heat(axes[1, i], q, lim, f"CNF t={t:.1f}\nTV {m['tv_hist_cnf']:.3f}", vmin=0, vmax=vmax)
     fig.suptitle("dz/dt = tanh(z^3): histograms of samples (top) and CNF densities (bottom)")
-    fig.tight_layout()
-    fig.savefig(out / "tanh_flow.png", dpi=100)
-    plt.close(fig)
+    _common.save(fig, out / "tanh_flow.png")
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     h = ax.hist2d(xs[-1, :, 0], xs[-1, :, 1], bins=40, range=[[-lim, lim]] * 2, cmap="viridis")
     fig.colorbar(h[3], ax=ax)
     ax.set_title(f"{cfg['tanh_n']} samples of z(0.5), dz/dt = tanh(z^3)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "tanh_hist_t05.png", dpi=100)
-    plt.close(fig)
+    _common.save(fig, out / "tanh_hist_t05.png")
     return dict(times=metrics, n_samples=cfg["tanh_n"], bins=bins, sample_nfe=int(sol.nfe))
 
 
@@ -351,9 +305,7 @@ def train_ml_cnf(name, cfg, ev, key, progress) -> dict:
         progress=progress,
     )
     test = np.asarray(data.sample(name, test_key, cfg["n_test"]))
-    t = time.perf_counter()
-    lp, nfe = chunked_log_prob(res.ema_model, test, cfg["chunk"], **ev)
-    eval_s = time.perf_counter() - t
+    (lp, nfe), eval_s, _ = _common.timed(chunked_log_prob, res.ema_model, test, cfg["chunk"], **ev)
     return dict(
         result=res,
         model=res.ema_model,
@@ -385,27 +337,22 @@ def density_panels(name, runs, cfg, ev, out: Path) -> dict:
         run = runs[ds]
         lp, _ = chunked_log_prob(run["model"], pts, cfg["chunk"], **ev)
         grids[ds] = lp
-        h = run["result"].history
-        ax = axes[r, 0]
+        h, ax = run["result"].history, axes[r, 0]
         k = max(1, min(50, len(h["loss"]) // 10))
-        smooth = np.convolve(h["loss"], np.ones(k) / k, mode="valid")
-        ax.plot(h["step"][k - 1 :], smooth, label="train NLL (rk4-8)")
-        if len(h["val_step"]):
-            ax.plot(h["val_step"], h["val_loss"], "o-", ms=3, label="test NLL (rk4-8, EMA)")
+        smooth = plotting.loss_curve(
+            ax, h, label="NLL (rk4-8)", window=k, val_label="test NLL (rk4-8, EMA)", val_fmt="o-"
+        )
         s = run["summary"]
         if s["entropy"] is not None:
             ax.axhline(s["entropy"], color="k", ls="--", lw=1, label="true entropy")
         ax.set_ylim(top=min(ax.get_ylim()[1], smooth[0] + 0.5) if len(smooth) else None)
         ax.set_title(f"{ds}: NLL (nats)", fontsize=9)
         ax.legend(fontsize=7)
-        axes[r, 1].scatter(*run["test"].T, s=1, alpha=0.4)
-        axes[r, 1].set_title("test data", fontsize=9)
-        axes[r, 2].scatter(*run["samples"].T, s=1, alpha=0.4, color="C1")
-        axes[r, 2].set_title("CNF samples", fontsize=9)
-        for a in axes[r, 1:3]:
-            a.set_xlim(-lim, lim)
-            a.set_ylim(-lim, lim)
-            a.set_aspect("equal")
+        plotting.scatter(axes[r, 1], run["test"], lim=lim, s=4, alpha=0.4, title="test data")
+        samples = run["samples"]
+        plotting.scatter(
+            axes[r, 2], samples, lim=lim, s=4, alpha=0.4, color="C1", title="CNF samples"
+        )
         gap = "" if s["gap"] is None else f", gap {s['gap']:+.3f}"
         heat(axes[r, 3], np.exp(lp), lim, f"CNF density (NLL {s['test_nll']:.3f}{gap})")
         try:
@@ -414,9 +361,7 @@ def density_panels(name, runs, cfg, ev, out: Path) -> dict:
         except ValueError:
             axes[r, 4].axis("off")
             axes[r, 4].set_title("true density unknown", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "ml_cnf.png", dpi=100)
-    plt.close(fig)
+    _common.save(fig, out / "ml_cnf.png")
     return grids
 
 
@@ -456,32 +401,19 @@ def solver_study(model, x, cfg, ev, key, out: Path, progress) -> dict:
             kw = dict(steps=value, max_steps=max(cfg["fixed_steps"]))
         else:
             kw = dict(rtol=value, atol=value, max_steps=4096)
+        row = dict(solver=solver, mode=mode, value=value)
         try:
             lp, nfe = cnf.log_prob(model, xj, solver=solver, **kw)
         except Exception as err:  # noqa: BLE001  (e.g. float32 cannot meet rtol 1e-8)
-            rows.append(
-                dict(
-                    solver=solver,
-                    mode=mode,
-                    value=value,
-                    nfe=None,
-                    mean_abs_error=None,
-                    max_abs_error=None,
-                    failed=f"{type(err).__name__}: {str(err)[:200]}",
-                )
-            )
+            failed = f"{type(err).__name__}: {str(err)[:200]}"
+            row |= dict(nfe=None, mean_abs_error=None, max_abs_error=None, failed=failed)
+            rows.append(row)
             continue
         err = np.abs(np.asarray(lp, np.float64) - ref)
-        rows.append(
-            dict(
-                solver=solver,
-                mode=mode,
-                value=value,
-                nfe=float(nfe),
-                mean_abs_error=float(err.mean()),
-                max_abs_error=float(err.max()),
-            )
+        row |= dict(
+            nfe=float(nfe), mean_abs_error=float(err.mean()), max_abs_error=float(err.max())
         )
+        rows.append(row)
     # Hutchinson against the exact trace at the evaluation settings (same solver and tolerances).
     xh = np.asarray(x[: cfg["n_hutch"]])
     exact, _ = chunked_log_prob(model, xh, cfg["chunk"], **ev)
@@ -549,9 +481,7 @@ def solver_study(model, x, cfg, ev, key, out: Path, progress) -> dict:
     axes[1].set_xlabel("Hutchinson probes (Rademacher)")
     axes[1].set_title("Hutchinson vs exact trace (nats)", fontsize=9)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "solver_study.png", dpi=100)
-    plt.close(fig)
+    _common.save(fig, out / "solver_study.png")
     return dict(reference_nfe=ref_nfe, n_points=len(x), rows=rows, hutchinson=hutch)
 
 
@@ -563,7 +493,7 @@ def train_fm(name, cfg, ev, key, test, progress) -> dict:
     opt = train.make_optimizer(2e-3, schedule="cosine", num_steps=max(cfg["fm_steps"], 2))
     res = train.fit(
         model,
-        functools.partial(flow_matching_loss, path=path),
+        losses.get_loss("flow_matching", path=path),
         data.sampler(name),
         optimizer=opt,
         key=train_key,
@@ -595,25 +525,22 @@ def fm_figure(ml_runs, fm_runs, ml_grids, cfg, ev, out: Path) -> None:
         fm = fm_runs[ds]
         lo, hi = fm["t_range"]
         lp, _ = chunked_log_prob(fm["field"], pts, cfg["chunk"], t0=lo, t1=hi, **ev)
-        heat(
-            axes[r, 0],
-            np.exp(ml_grids[ds]),
-            lim,
-            f"{ds}: ML CNF (NLL {ml_runs[ds]['summary']['test_nll']:.3f})",
-        )
+        nll = ml_runs[ds]["summary"]["test_nll"]
+        heat(axes[r, 0], np.exp(ml_grids[ds]), lim, f"{ds}: ML CNF (NLL {nll:.3f})")
         heat(axes[r, 1], np.exp(lp), lim, f"flow matching (NLL {fm['summary']['test_nll']:.3f})")
-        axes[r, 2].scatter(*fm["samples"].T, s=1, alpha=0.4, color="C2")
-        axes[r, 2].set_xlim(-lim, lim)
-        axes[r, 2].set_ylim(-lim, lim)
-        axes[r, 2].set_aspect("equal")
-        axes[r, 2].set_title("flow-matching samples", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "fm_vs_cnf.png", dpi=100)
-    plt.close(fig)
+        title = "flow-matching samples"
+        plotting.scatter(
+            axes[r, 2], fm["samples"], lim=lim, s=4, alpha=0.4, color="C2", title=title
+        )
+    _common.save(fig, out / "fm_vs_cnf.png")
 
 
 def fmt(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
+
+
+def setting(r):
+    return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
 
 
 def headlines(m: dict) -> list[str]:
@@ -689,63 +616,59 @@ def write_summary(m: dict, out: Path) -> str:
         f"{tanh['bins']}x{tanh['bins']} histograms of {tanh['n_samples']} samples and the",
         "densities on the same cells (the histogram-vs-exact TV is the sampling-noise floor).",
         "",
-        "| t | TV(hist, CNF) | TV(hist, exact) | TV(CNF, exact) | max abs log p error | NFE |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in tanh["times"]:
-        lines.append(
-            f"| {r['t']:.1f} | {r['tv_hist_cnf']:.4f} | {r['tv_hist_exact']:.4f} | "
-            f"{r['tv_cnf_exact']:.1e} | {r['max_abs_log_error']:.1e} | {r['nfe_per_sample']:.0f} |"
-        )
-    lines += [
+        *_common.table(
+            "t | TV(hist, CNF) | TV(hist, exact) | TV(CNF, exact) | max abs log p error | NFE",
+            [
+                f"{r['t']:.1f} | {r['tv_hist_cnf']:.4f} | {r['tv_hist_exact']:.4f} | "
+                f"{r['tv_cnf_exact']:.1e} | {r['max_abs_log_error']:.1e} | "
+                f"{r['nfe_per_sample']:.0f}"
+                for r in tanh["times"]
+            ],
+        ),
         "",
         "## 3 and 5. Maximum-likelihood CNF and flow matching (test NLL, nats)",
         "ML CNF: tanh MLP 3x64, exact trace, RK4 with 8 steps in training, EMA weights. Flow",
         "matching: SiLU MLP 3x64 on the linear path, scored through its probability-flow ODE.",
         "Gap = test NLL - true differential entropy (>= 0 up to noise; +- is the standard error).",
         "",
-        "| dataset | entropy | ML CNF NLL | gap | NFE | train s | FM NLL | gap | NFE | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for ds, r in m["datasets"].items():
-        c, f = r["ml_cnf"], r["flow_matching"]
-        lines.append(
-            f"| {ds} | {fmt(c['entropy'])} | {c['test_nll']:.3f} +- {c['test_nll_se']:.3f} | "
-            f"{fmt(c['gap'], '+.3f')} | {c['nfe']:.0f} | {c['train_seconds']:.0f} | "
-            f"{f['test_nll']:.3f} +- {f['test_nll_se']:.3f} | {fmt(f['gap'], '+.3f')} | "
-            f"{f['nfe']:.0f} | {f['train_seconds']:.0f} |"
-        )
-    lines += [
+        *_common.table(
+            "dataset | entropy | ML CNF NLL | gap | NFE | train s | FM NLL | gap | NFE | train s",
+            [
+                f"{ds} | {fmt(c['entropy'])} | {c['test_nll']:.3f} +- {c['test_nll_se']:.3f} | "
+                f"{fmt(c['gap'], '+.3f')} | {c['nfe']:.0f} | {c['train_seconds']:.0f} | "
+                f"{f['test_nll']:.3f} +- {f['test_nll_se']:.3f} | {fmt(f['gap'], '+.3f')} | "
+                f"{f['nfe']:.0f} | {f['train_seconds']:.0f}"
+                for ds, c, f in (
+                    (d, r["ml_cnf"], r["flow_matching"]) for d, r in m["datasets"].items()
+                )
+            ],
+        ),
         "",
         f"## 4. Solver study ({m['solver_study_dataset']} ML CNF, {sol['n_points']} test points)",
         f"Error of float32 log-likelihoods against a float64 reference (dopri8, rtol 1e-12, "
         f"{sol['reference_nfe']:.0f} NFE).",
         "",
-        "| solver | setting | NFE | mean abs error | max abs error |",
-        "|---|---|---|---|---|",
-    ]
-    for r in sol["rows"]:
-        setting = f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
-        if r["nfe"] is None:
-            lines.append(f"| {r['solver']} | {setting} | failed | {r['failed'][:60]} | |")
-            continue
-        lines.append(
-            f"| {r['solver']} | {setting} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | "
-            f"{r['max_abs_error']:.2e} |"
-        )
-    lines += [
+        *_common.table(
+            "solver | setting | NFE | mean abs error | max abs error",
+            [
+                f"{r['solver']} | {setting(r)} | failed | {r['failed'][:60]} |"
+                if r["nfe"] is None
+                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | "
+                f"{r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e}"
+                for r in sol["rows"]
+            ],
+        ),
         "",
         "Hutchinson (Rademacher probes, fixed per solve) against the exact trace:",
         "",
-        "| probes | bias (nats) | bias s.e. | std per point |",
-        "|---|---|---|---|",
-    ]
-    for h in sol["hutchinson"]:
-        lines.append(
-            f"| {h['num_probes']} | {h['bias']:+.4f} | {fmt(h['bias_se'], '.4f')} | "
-            f"{h['std']:.4f} |"
-        )
-    lines += [
+        *_common.table(
+            "probes | bias (nats) | bias s.e. | std per point",
+            [
+                f"{h['num_probes']} | {h['bias']:+.4f} | {fmt(h['bias_se'], '.4f')} | "
+                f"{h['std']:.4f}"
+                for h in sol["hutchinson"]
+            ],
+        ),
         "",
         "Figures: linear_map.png, tanh_hist_t05.png, tanh_flow.png, ml_cnf.png, "
         "solver_study.png, fm_vs_cnf.png.",
@@ -765,14 +688,8 @@ def main(argv=None) -> dict:
     progress = True
     t_start = time.perf_counter()
     keys = dict(zip(("tanh", "ml", "fm", "hutch"), jr.split(jr.key(args.seed), 4), strict=True))
-    m = dict(
-        command=" ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        quick=args.quick,
-        seed=args.seed,
-        eval=ev,
-        config={k: v for k, v in cfg.items()},
-        timings={},
-    )
+    command = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    m = dict(command=command, quick=args.quick, seed=args.seed, eval=ev, config=cfg, timings={})
     stages = tqdm(total=5, desc="cnf_likelihood", disable=not progress)
 
     def stage(name, fn, *a):
@@ -797,17 +714,11 @@ def main(argv=None) -> dict:
     ml_runs, ml_grids = stage("ml_cnf", ml_all)
     first = cfg["datasets"][0]
     m["solver_study_dataset"] = first
+    x_solver = ml_runs[first]["test"][: cfg["n_solver"]]
     m["solver_study"] = stage(
-        "solver_study",
-        solver_study,
-        ml_runs[first]["model"],
-        ml_runs[first]["test"][: cfg["n_solver"]],
-        cfg,
-        ev,
-        keys["hutch"],
-        out,
-        progress,
-    )
+        "solver_study", solver_study, ml_runs[first]["model"], x_solver, cfg, ev, keys["hutch"],
+        out, progress,
+    )  # fmt: skip
 
     def fm_all():
         runs = {}
@@ -823,21 +734,14 @@ def main(argv=None) -> dict:
     m["datasets"] = {}
     for ds in cfg["datasets"]:
         c, f = ml_runs[ds], fm_runs[ds]
+        c_res, f_res = c["result"], f["result"]
         m["datasets"][ds] = dict(
-            ml_cnf=dict(
-                **c["summary"],
-                nfe=c["nfe"],
-                train_seconds=c["result"].wall_seconds,
-                train_steps=cfg["steps"],
-                eval_seconds=c["eval_seconds"],
-                final_val_nll_rk4=float(c["result"].history["val_loss"][-1]),
-            ),
-            flow_matching=dict(
-                **f["summary"],
-                nfe=f["nfe"],
-                train_seconds=f["result"].wall_seconds,
-                train_steps=cfg["fm_steps"],
-            ),
+            ml_cnf=c["summary"]
+            | dict(nfe=c["nfe"], train_seconds=c_res.wall_seconds, train_steps=cfg["steps"])
+            | dict(eval_seconds=c["eval_seconds"])
+            | dict(final_val_nll_rk4=float(c_res.history["val_loss"][-1])),
+            flow_matching=f["summary"]
+            | dict(nfe=f["nfe"], train_seconds=f_res.wall_seconds, train_steps=cfg["fm_steps"]),
         )
     m["wall_seconds"] = time.perf_counter() - t_start
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))

@@ -20,18 +20,12 @@ floors. Time convention of the library: t = 0 noise, t = 1 data (DDPM step k has
 Run ``python experiments/dsm_vs_ddpm.py`` (about 6 minutes on 2 busy CPU cores) or ``--quick``.
 """
 
-import functools
-import json
 import pathlib
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
-import _common  # noqa: E402
-import jax  # noqa: E402
+import _common  # noqa: E402  (selects the Agg backend)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,111 +33,77 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from diffeqgen import data, losses, metrics, nn, paths, solve, train  # noqa: E402
-from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E402
 
 STUDY = "dsm_vs_ddpm"
 MODELS = ("dsm", "ncsm", "ddpm")
 EMA_ALPHA = 0.01
+KDE = ("M1", "M2", "M3", "M4")
 
-FULL = dict(
-    dsm_steps=10_000,
-    ncsm_steps=10_000,
-    ddpm_steps=20_000,
-    n_train=2000,
-    n_test=500,
-    langevin_steps=2000,
-    annealed_steps=100,
-    floor_repeats=10,
-    val_every=250,
-)
-QUICK = dict(
-    dsm_steps=400,
-    ncsm_steps=400,
-    ddpm_steps=600,
-    n_train=2000,
-    n_test=500,
-    langevin_steps=200,
-    annealed_steps=20,
-    floor_repeats=3,
-    val_every=100,
+SETTINGS = dict(  # name=(full, --quick)
+    dsm_steps=(10_000, 400),
+    ncsm_steps=(10_000, 400),
+    ddpm_steps=(20_000, 600),
+    n_train=(2000, 2000),
+    n_test=(500, 500),
+    langevin_steps=(2000, 200),
+    annealed_steps=(100, 20),
+    floor_repeats=(10, 3),
+    val_every=(250, 100),
 )
 
 
 def parse_args(argv=None):
     p = _common.make_parser(__doc__, STUDY)
+    pos, count = _common.positive, _common.integer
     p.add_argument(
         "--datasets",
-        default=None,
+        type=_common.choices("dataset", data.names()),
         help="comma-separated data sets (default pinwheel,mixture; --quick: mixture)",
     )
+    _common.add_mmd_bandwidth(p)
     p.add_argument(
-        "--mmd-bandwidth",
-        type=float,
-        default=0.5,
-        help="RBF bandwidth of the MMD, in data units (0 = median heuristic)",
+        "--models",
+        type=_common.choices("model", MODELS),
+        default=",".join(MODELS),
+        help=f"subset of {MODELS}",
     )
-    p.add_argument("--models", default=",".join(MODELS), help=f"subset of {MODELS}")
-    p.add_argument("--sigma", type=float, default=0.1, help="DSM noise level (normalised units)")
-    p.add_argument("--k", type=int, default=20, help="noise draws per point in DSM")
-    p.add_argument("--T", type=int, default=500, help="DDPM diffusion steps")
+    p.add_argument(
+        "--sigma", type=pos("sigma"), default=0.1, help="DSM noise level (normalised units)"
+    )
+    p.add_argument("--k", type=count("k"), default=20, help="noise draws per point in DSM")
+    p.add_argument("--T", type=count("T"), default=500, help="DDPM diffusion steps")
     p.add_argument("--beta-min", type=float, default=1e-4)
     p.add_argument("--beta-max", type=float, default=0.02)
-    p.add_argument("--sigma-min", type=float, default=0.01, help="smallest NCSM sigma")
-    p.add_argument("--sigma-max", type=float, default=3.0, help="largest NCSM sigma")
-    p.add_argument("--num-sigmas", type=int, default=10, help="NCSM sigma levels")
+    p.add_argument("--sigma-min", type=pos("sigma_min"), default=0.01, help="smallest NCSM sigma")
+    p.add_argument("--sigma-max", type=pos("sigma_max"), default=3.0, help="largest NCSM sigma")
+    p.add_argument(
+        "--num-sigmas", type=count("num_sigmas", minimum=2), default=10, help="NCSM sigma levels"
+    )
     p.add_argument(
         "--langevin-eps",
-        type=float,
+        type=pos("langevin_eps"),
         default=1e-3,
         help="Langevin step size of the single-sigma DSM sampler",
     )
     p.add_argument(
         "--annealed-eps",
-        type=float,
+        type=pos("annealed_eps"),
         default=1e-5,
         help="annealed Langevin: step h at the smallest sigma; level i uses "
         "h * sigma_i^2 / sigma_min^2 (Song and Ermon 2019; their alpha = 2h)",
     )
-    p.add_argument("--dsm-steps", type=int, default=None)
-    p.add_argument("--ncsm-steps", type=int, default=None)
-    p.add_argument("--ddpm-steps", type=int, default=None)
+    for m in MODELS:
+        p.add_argument(f"--{m}-steps", type=count(f"{m}_steps"))
     args = p.parse_args(argv)
-    cfg = dict(QUICK if args.quick else FULL)
-    try:
-        if args.datasets is None:
-            args.datasets = "mixture" if args.quick else "pinwheel,mixture"
-        args.datasets = [
-            check_choice("dataset", s.strip(), data.names())
-            for s in args.datasets.split(",")
-            if s.strip()
-        ]
-        args.models = [
-            check_choice("model", s.strip(), MODELS) for s in args.models.split(",") if s.strip()
-        ]
-        if not args.datasets or not args.models:
-            raise ValueError("--datasets and --models must each name at least one entry")
-        check_positive("sigma", args.sigma)
-        check_int("k", args.k, minimum=1)
-        check_int("T", args.T, minimum=1)
-        check_positive("sigma_min", args.sigma_min)
-        check_positive("sigma_max", args.sigma_max)
-        if args.sigma_max <= args.sigma_min:
-            raise ValueError(
-                f"sigma_max must exceed sigma_min, got {args.sigma_max!r} <= {args.sigma_min!r}"
-            )
-        check_int("num_sigmas", args.num_sigmas, minimum=2)
-        check_positive("langevin_eps", args.langevin_eps)
-        check_positive("annealed_eps", args.annealed_eps)
-        check_positive("mmd_bandwidth", args.mmd_bandwidth, allow_zero=True)
-        for k in ("dsm_steps", "ncsm_steps", "ddpm_steps"):
-            v = getattr(args, k)
-            if v is not None:
-                cfg[k] = check_int(k, v, minimum=1)
-        # The schedule validates T and the betas before any training.
+    args.datasets = args.datasets or (["mixture"] if args.quick else ["pinwheel", "mixture"])
+    if args.sigma_max <= args.sigma_min:
+        p.error(f"sigma_max must exceed sigma_min, got {args.sigma_max!r} <= {args.sigma_min!r}")
+    try:  # the schedule validates T and the betas before any training
         args.schedule = paths.DDPMSchedule(args.T, args.beta_min, args.beta_max)
     except (ValueError, TypeError) as e:
         p.error(str(e))
-    args.cfg = cfg
+    steps = {f"{m}_steps": getattr(args, f"{m}_steps") for m in MODELS}
+    args.cfg = _common.config(args, SETTINGS, **steps)
     args.sigmas = np.geomspace(args.sigma_max, args.sigma_min, args.num_sigmas).astype(np.float32)
     return args
 
@@ -162,10 +122,10 @@ def make_model(name, key):
 
 def make_loss(name, args):
     if name == "dsm":
-        return functools.partial(losses.dsm_loss, sigma=args.sigma, k=args.k)
+        return losses.get_loss("dsm", sigma=args.sigma, k=args.k)
     if name == "ncsm":
-        return functools.partial(losses.ncsm_loss, sigmas=tuple(args.sigmas.tolist()), k=args.k)
-    return functools.partial(losses.ddpm_loss, schedule=args.schedule)
+        return losses.get_loss("ncsm", sigmas=tuple(args.sigmas.tolist()), k=args.k)
+    return losses.get_loss("ddpm", schedule=args.schedule)
 
 
 def train_config(name, cfg):
@@ -203,25 +163,15 @@ def generate(name, model, args, key, n):
 
 
 def mode_tv(name, x):
-    """Total-variation distance between the component occupancy of ``x`` and the true weights.
+    """``metrics.mode_tv`` of ``x`` against the data set's mixture (None if it is no mixture).
 
-    Only for the Gaussian-mixture data sets (None otherwise): each point goes to the component
-    of highest posterior probability. Plain Langevin with a single-sigma score is known to get
-    the relative weights of separated modes wrong; this number shows it.
+    Plain Langevin with a single-sigma score is known to get the relative weights of separated
+    modes wrong; this number shows it.
     """
     try:
-        gm = data.mixture(name)
+        return metrics.mode_tv(x, data.mixture(name))
     except (ValueError, KeyError):
         return None
-    x = np.asarray(x, np.float64)
-    means, covs, w = (np.asarray(a, np.float64) for a in (gm.means, gm.covariances, gm.weights))
-    logp = []
-    for m, c, wk in zip(means, covs, w, strict=True):
-        d = x - m
-        sol = np.linalg.solve(c, d.T).T
-        logp.append(np.log(wk) - 0.5 * np.sum(d * sol, -1) - 0.5 * np.linalg.slogdet(c)[1])
-    occ = np.bincount(np.argmax(np.stack(logp, -1), -1), minlength=len(w)) / len(x)
-    return float(0.5 * np.abs(occ - w).sum())
 
 
 # ----------------------------------------------------------------------------------- plots
@@ -233,9 +183,7 @@ def plot_score_fields(trained, norms, tests, args, out):
     that is the region plain Langevin from N(0, I) has to cross.
     """
     datasets = list(tests)
-    g = np.linspace(-3, 3, 25, dtype=np.float32)
-    gx, gy = np.meshgrid(g, g)
-    grid = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1))
+    gx, gy, grid = _common.grid(3.0, 25)
     panels = [("dsm", args.sigma), ("ncsm", args.sigma), ("ncsm", 1.0)]
     fig, axes = plt.subplots(len(datasets), 3, figsize=(10, 3.3 * len(datasets)), squeeze=False)
     for i, d in enumerate(datasets):
@@ -243,28 +191,19 @@ def plot_score_fields(trained, norms, tests, args, out):
         z = (tests[d] - mu) / sd
         for j, (m, s) in enumerate(panels):
             ax = axes[i, j]
-            net = trained[(d, m)]
-            sc = np.asarray(jax.vmap(lambda x, net=net, s=s: net(s, x))(grid))
+            sc = _common.field_on(trained[(d, m)], s, grid)
             mag = np.linalg.norm(sc, axis=-1)
             u = sc / np.maximum(mag, 1e-8)[:, None]
             ax.scatter(z[:, 0], z[:, 1], s=2, c="0.7")
             q = ax.quiver(
-                gx.ravel(),
-                gy.ravel(),
-                u[:, 0],
-                u[:, 1],
-                np.log10(mag + 1e-8),
-                cmap="viridis",
-                scale=35,
-                width=0.004,
-            )
+                gx.ravel(), gy.ravel(), u[:, 0], u[:, 1], np.log10(mag + 1e-8), cmap="viridis",
+                scale=35, width=0.004,
+            )  # fmt: skip
             fig.colorbar(q, ax=ax, fraction=0.046, label="log10 |score|")
             ax.set_title(f"{m} score at sigma = {s:g} ({d})", fontsize=8)
             ax.set_aspect("equal")
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 def ema(x, alpha=EMA_ALPHA):
@@ -294,14 +233,8 @@ def plot_losses(histories, datasets, models, out):
             ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.15, lw=0.5)
             ax.plot(h["step"], ema(h["loss"]), color="tab:blue", label="train (EMA 0.01)")
             if len(h["val_loss"]):
-                ax.plot(
-                    h["val_step"],
-                    h["val_loss"],
-                    "o-",
-                    ms=2,
-                    color="tab:orange",
-                    label="test (EMA model)",
-                )
+                style = dict(ms=2, color="tab:orange", label="test (EMA model)")
+                ax.plot(h["val_step"], h["val_loss"], "o-", **style)
             lo = min(np.min(ema(h["loss"])), np.min(h["val_loss"], initial=np.inf))
             hi = np.quantile(h["loss"], 0.99)
             ax.set_ylim(lo - 0.05 * (hi - lo), hi)
@@ -309,9 +242,7 @@ def plot_losses(histories, datasets, models, out):
             ax.set_xlabel("step", fontsize=7)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 def plot_scatter(samples, tests, out):
@@ -327,9 +258,7 @@ def plot_scatter(samples, tests, out):
             ax.set_title(f"{m} on {d}: 500 generated vs test", fontsize=7)
             ax.set_aspect("equal")
             ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -337,7 +266,7 @@ def _fmt(v):
     return "-" if v is None else f"{v:.3f}"
 
 
-def write_summary(out, rows, floors, args, total):
+def summary(rows, floors, args, total):
     cfg = args.cfg
     lines = [
         f"# {STUDY}: DSM + Langevin vs NCSM + annealed Langevin vs DDPM (text 004)",
@@ -362,30 +291,27 @@ def write_summary(out, rows, floors, args, total):
         + ("median heuristic" if not args.mmd_bandwidth else "set by --mmd-bandwidth")
         + ").",
         "",
-        "| data | model | train s | sample s | NFE | M1 | M2 | M3 | M4 | W2 | MMD "
-        "| mode TV | best test loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    body = []
     for d in args.datasets:
         f = floors[d]
-        for r in [r for r in rows if r["dataset"] == d]:
-            lines.append(
-                f"| {d} | {r['model']} | {r['train_seconds']:.1f} | {r['sample_seconds']:.2f} | "
-                f"{r['nfe']} | {r['M1']:.1f} | {r['M2']:.4f} | {r['M3']:.1f} | {r['M4']:.4f} | "
-                f"{r['w2']:.4f} | {r['mmd']:.5f} | {_fmt(r['mode_tv'])} | "
-                f"{r['best_test_loss']:.4g} |"
-            )
-        lines.append(
-            f"| {d} | floor (real vs real, mean of {f['repeats']}) | - | - | - | {f['M1']:.1f} | "
+        body += [
+            f"{d} | {r['model']} | {r['train_seconds']:.1f} | {r['sample_seconds']:.2f} | "
+            f"{r['nfe']} | {r['M1']:.1f} | {r['M2']:.4f} | {r['M3']:.1f} | {r['M4']:.4f} | "
+            f"{r['w2']:.4f} | {r['mmd']:.5f} | {_fmt(r['mode_tv'])} | {r['best_test_loss']:.4g}"
+            for r in rows
+            if r["dataset"] == d
+        ]
+        body += [
+            f"{d} | floor (real vs real, mean of {f['repeats']}) | - | - | - | {f['M1']:.1f} | "
             f"{f['M2']:.4f} +- {f['M2_sd']:.4f} | {f['M3']:.1f} | {f['M4']:.4f} +- "
             f"{f['M4_sd']:.4f} | {f['w2']:.4f} +- {f['w2_sd']:.4f} | {f['mmd']:.5f} +- "
-            f"{f['mmd_sd']:.5f} | {_fmt(f['mode_tv'])} (test set) | - |"
-        )
-        lines.append(
-            f"| {d} | (KDE bandwidth {f['kde_bandwidth']:.4f}, MMD bandwidth "
-            f"{f['mmd_bandwidth']:.4f}) | | | | | | | | | | | |"
-        )
-    lines.append("")
+            f"{f['mmd_sd']:.5f} | {_fmt(f['mode_tv'])} (test set) | -",
+            f"{d} | (KDE bandwidth {f['kde_bandwidth']:.4f}, MMD bandwidth "
+            f"{f['mmd_bandwidth']:.4f}) | | | | | | | | | | |",
+        ]
+    header = "data | model | train s | sample s | NFE | M1 | M2 | M3 | M4 | W2 | MMD | mode TV"
+    lines += [*_common.table(header + " | best test loss", body), ""]
     for d in args.datasets:
         rs = [r for r in rows if r["dataset"] == d]
         best = min(rs, key=lambda r: r["w2"])
@@ -432,7 +358,7 @@ def write_summary(out, rows, floors, args, total):
         "at sigma 0.1 and NCSM at 0.1 and 1.0; away from the data the single-sigma score is "
         "extrapolation).",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -461,7 +387,7 @@ def main(argv=None):
         kdes = [metrics.kde_log_likelihood(xte, r, bandwidth=kde_bw) for r in reals]
         mmd_bw = float(metrics.mmd(xte, real2, args.mmd_bandwidth or None).bandwidth)
         floors[dname] = dict(
-            {m: float(np.mean([k[m] for k in kdes])) for m in ("M1", "M2", "M3", "M4")},
+            {m: float(np.mean([k[m] for k in kdes])) for m in KDE},
             M2_sd=float(np.std([k["M2"] for k in kdes])),
             M4_sd=float(np.std([k["M4"] for k in kdes])),
             kde_bandwidth=kde_bw,
@@ -482,49 +408,26 @@ def main(argv=None):
         npz[f"{dname}_real2"] = np.asarray(real2)
         for mi, mname in enumerate(args.models):
             km, kt = jr.split(jr.fold_in(k_models, mi))
-            model = make_model(mname, km)
-            tag = "quick" if args.quick else "full"
             tc = train_config(mname, cfg)
             print(f"training {mname} on {dname}: {tc['num_steps']} steps, batch {tc['batch_size']}")
+            name = f"{'quick' if args.quick else 'full'}_{dname}_{mname}_s{args.seed}.eqx"
             res = _common.fit(
-                args,
-                f"{tag}_{dname}_{mname}_s{args.seed}.eqx",
-                model,
-                make_loss(mname, args),
-                ztr,
-                optimizer=train.make_optimizer(1e-3),
-                key=kt,
-                val_data=zte,
-                val_every=cfg["val_every"],
-                checkpoint_every=cfg["val_every"],
-                **tc,
-            )
-            h = {k: np.asarray(v) for k, v in res.history.items()}
-            histories[f"{mname} / {dname}"] = h
+                args, name, make_model(mname, km), make_loss(mname, args), ztr,
+                optimizer=train.make_optimizer(1e-3), key=kt, val_data=zte,
+                val_every=cfg["val_every"], checkpoint_every=cfg["val_every"], **tc,
+            )  # fmt: skip
+            h = histories[f"{mname} / {dname}"] = {k: np.asarray(v) for k, v in res.history.items()}
             trained[(dname, mname)] = res.ema_model
-            t0 = time.perf_counter()
-            z, nfe = generate(mname, res.ema_model, args, jr.fold_in(k_gen, mi), n)
-            z = jax.block_until_ready(z)
-            sample_s = time.perf_counter() - t0
+            gen_key = jr.fold_in(k_gen, mi)
+            (z, nfe), sample_s, _ = _common.timed(generate, mname, res.ema_model, args, gen_key, n)
             x = z * sd + mu
             kde = metrics.kde_log_likelihood(xte, x, bandwidth=kde_bw)
-            w2, mmd = _common.score(x, xte, mmd_bw)
-            row = dict(
-                dataset=dname,
-                model=mname,
-                train_seconds=float(res.wall_seconds),
-                train_steps=tc["num_steps"],
-                batch=tc["batch_size"],
-                sample_seconds=sample_s,
-                nfe=int(nfe),
-                best_test_loss=float(np.min(h["val_loss"])) if len(h["val_loss"]) else float("nan"),
-                w2=w2,
-                mmd=mmd,
-                **{m: float(kde[m]) for m in ("M1", "M2", "M3", "M4")},
-            )
-            row["w2_over_floor"] = row["w2"] / f["w2"]
-            row["mode_tv"] = mode_tv(dname, x)
-            rows.append(row)
+            best = float(np.min(h["val_loss"])) if len(h["val_loss"]) else float("nan")
+            row = dict(dataset=dname, model=mname, train_seconds=float(res.wall_seconds))
+            row |= dict(train_steps=tc["num_steps"], batch=tc["batch_size"])
+            row |= dict(sample_seconds=sample_s, nfe=int(nfe), best_test_loss=best)
+            row |= _common.scored(x, xte, mmd_bw, f) | {m: float(kde[m]) for m in KDE}
+            rows.append(row | dict(mode_tv=mode_tv(dname, x)))
             samples[(dname, mname)] = np.asarray(x)
             npz[f"{dname}_{mname}"] = np.asarray(x, dtype=np.float32)
             tqdm.write(
@@ -539,23 +442,12 @@ def main(argv=None):
     np.savez_compressed(out / "samples.npz", **npz)
     total = time.perf_counter() - t_start
     result = dict(
-        study=STUDY,
-        seed=args.seed,
-        quick=args.quick,
-        config=cfg,
-        sigma=args.sigma,
-        k=args.k,
-        T=args.T,
-        ncsm_sigmas=args.sigmas.tolist(),
-        langevin_eps=args.langevin_eps,
-        annealed_eps=args.annealed_eps,
-        ema_alpha=EMA_ALPHA,
-        floors=floors,
-        rows=rows,
+        study=STUDY, seed=args.seed, quick=args.quick, config=cfg, sigma=args.sigma, k=args.k,
+        T=args.T, ncsm_sigmas=args.sigmas.tolist(), langevin_eps=args.langevin_eps,
+        annealed_eps=args.annealed_eps, ema_alpha=EMA_ALPHA, floors=floors, rows=rows,
         total_seconds=total,
-    )
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    write_summary(out, rows, floors, args, total)
+    )  # fmt: skip
+    _common.write_report(out, result, summary(rows, floors, args, total))
     print(f"total {total:.0f} s; wrote {out}")
 
 

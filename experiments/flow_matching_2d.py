@@ -15,25 +15,19 @@ the midpoint method (2 NFE per step), plus an adaptive Tsit5 reference; linear a
 Run ``python experiments/flow_matching_2d.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
 
-import json
 import pathlib
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
-import _common  # noqa: E402
-import jax  # noqa: E402
+import _common  # noqa: E402  (selects the Agg backend)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import data, groundtruth, losses, metrics, nn, paths, solve, train  # noqa: E402
-from diffeqgen._checks import check_choice, check_int  # noqa: E402
+from diffeqgen import data, groundtruth, losses, nn, paths, plotting, solve, train  # noqa: E402
 
 STUDY = "flow_matching_2d"
 SCHEDULES = ("linear", "cosine", "polynomial")
@@ -41,61 +35,42 @@ FIXED_SOLVERS = ("euler", "midpoint", "heun", "rk4")
 SNAP_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
 EXACT_DATASETS = ("gaussian", "8gaussians", "mixture")
 
-FULL = dict(
-    steps=12_000,
-    batch=512,
-    lr=2e-3,
-    n=2000,
-    n_show=300,
-    n_ts=(1, 2, 5, 10, 20, 100, 1000),
-    val_every=1000,
-    checkpoint_every=1000,
-    floor_reps=5,
-)
-QUICK = dict(
-    steps=400,
-    batch=256,
-    lr=2e-3,
-    n=300,
-    n_show=300,
-    n_ts=(1, 10),
-    val_every=200,
-    checkpoint_every=200,
-    floor_reps=1,
+SETTINGS = dict(  # name=(full, --quick)
+    steps=(12_000, 400),
+    batch=(512, 256),
+    lr=(2e-3, 2e-3),
+    n=(2000, 300),
+    n_show=(300, 300),
+    n_ts=((1, 2, 5, 10, 20, 100, 1000), (1, 10)),
+    val_every=(1000, 200),
+    checkpoint_every=(1000, 200),
+    floor_reps=(5, 1),
 )
 
 
 def parse_args(argv=None):
     p = _common.make_parser(__doc__, STUDY)
-    p.add_argument("--dataset", default="mixture", help="2D dataset (diffeqgen.data.names())")
+    p.add_argument(
+        "--dataset",
+        type=_common.choice("dataset", data.names()),
+        default="mixture",
+        help="2D dataset (diffeqgen.data.names())",
+    )
     p.add_argument(
         "--schedules",
+        type=_common.choices("schedule", SCHEDULES),
         default="linear,cosine",
         help=f"comma-separated paths to train, from {', '.join(SCHEDULES)}",
     )
     p.add_argument(
         "--solver",
+        type=_common.choice("solver", FIXED_SOLVERS[1:]),
         default="midpoint",
         help=f"higher-order fixed-step solver, one of {', '.join(FIXED_SOLVERS[1:])}",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model")
+    p.add_argument("--steps", type=_common.integer("steps"), help="training steps per model")
     args = p.parse_args(argv)
-    cfg = dict(QUICK if args.quick else FULL)
-    try:
-        check_choice("dataset", args.dataset, data.names())
-        args.schedules = [
-            check_choice("schedule", s.strip(), SCHEDULES)
-            for s in args.schedules.split(",")
-            if s.strip()
-        ]
-        if not args.schedules:
-            raise ValueError("--schedules must name at least one path")
-        check_choice("solver", args.solver, FIXED_SOLVERS[1:])
-        if args.steps is not None:
-            cfg["steps"] = check_int("steps", args.steps)
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
-    args.cfg = cfg
+    args.cfg = _common.config(args, SETTINGS, steps=args.steps)
     return args
 
 
@@ -125,41 +100,27 @@ def train_one(path_name, args, key):
     return path, res
 
 
-def sample(field, x0, solver, steps=None, saveat=None):
-    t0 = time.perf_counter()
-    sol = solve.sample_ode(
-        field, x0, solver=solver, steps=steps, saveat=saveat, rtol=1e-5, atol=1e-5
+def sample(field, x0, solver, steps=None):
+    """Sample with one ODE solver: ``(Solution, samples as NumPy, seconds)``."""
+    sol, secs, _ = _common.timed(
+        solve.sample_ode, field, x0, solver=solver, steps=steps, rtol=1e-5, atol=1e-5
     )
-    x = np.asarray(jax.block_until_ready(sol.x))
-    return sol, x, time.perf_counter() - t0
+    return sol, np.asarray(sol.x), secs
 
 
 def plot_losses(results, irreducible, out):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (name, res) in enumerate(results.items()):
+        plotting.loss_curve(ax, res.history, label=name)
         if name in irreducible:
-            ax.axhline(
-                irreducible[name],
-                color=f"C{2 * i}",
-                ls=":",
-                lw=1,
-                label=f"{name}: irreducible (exact field)",
-            )
-        h = res.history
-        loss = np.asarray(h["loss"])
-        w = max(1, len(loss) // 200)
-        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ax.plot(h["step"][w - 1 :], smooth, label=f"{name}: train (running mean {w})", lw=1)
-        if len(h["val_step"]):
-            ax.plot(h["val_step"], h["val_loss"], "o--", ms=3, label=f"{name}: validation (EMA)")
+            lbl = f"{name}: irreducible (exact field)"
+            ax.axhline(irreducible[name], color=f"C{i}", ls=":", lw=1, label=lbl)
     ax.set_xlabel("step")
     ax.set_ylabel("CFM loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.set_title("Conditional flow matching loss", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 def plot_paths(rows, out, lim=4.5):
@@ -169,102 +130,46 @@ def plot_paths(rows, out, lim=4.5):
     )
     for r, (label, xs) in enumerate(rows):
         for c, (t, x) in enumerate(zip(SNAP_TIMES, xs, strict=True)):
-            ax = axes[r, c]
-            ax.scatter(
-                x[:, 0],
-                x[:, 1],
-                s=3,
-                alpha=0.6,
-                linewidths=0,
-                color="C0" if "true" in label else "C1",
-            )
-            ax.set_xlim(-lim, lim)
-            ax.set_ylim(-lim, lim)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"t = {t:g}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+            color = "C0" if "true" in label else "C1"
+            title = f"t = {t:g}" if r == 0 else None
+            plotting.scatter(axes[r, c], x, lim=lim, s=3, alpha=0.6, color=color, title=title)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    _common.save(fig, out)
 
 
 def plot_trajectories(trajs, out, lim=4.5):
     fig, axes = plt.subplots(1, len(trajs), figsize=(4 * len(trajs), 4), squeeze=False)
     for ax, (name, xs) in zip(axes[0], trajs.items(), strict=True):
-        xs = np.asarray(xs)  # (T, n, 2)
-        for i in range(xs.shape[1]):
-            ax.plot(xs[:, i, 0], xs[:, i, 1], lw=0.4, alpha=0.35, color="0.4")
-        ax.scatter(xs[0, :, 0], xs[0, :, 1], s=3, color="C0", label="t = 0 (noise)", zorder=3)
-        ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=3, color="C3", label="t = 1 (samples)", zorder=3)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_title(f"{name}: Euler n_t = 1000 trajectories", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+        title = f"{name}: Euler n_t = 1000 trajectories"
+        plotting.trajectories(
+            ax, xs, lim=lim, title=title, start_label="t = 0 (noise)", end_label="t = 1 (samples)"
+        )
+    _common.save(fig, out)
 
 
 def plot_nt(rows, floors, out):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for metric, ax in zip(("w2", "mmd"), axes, strict=True):
-        groups = {}
-        for r in rows:
-            if r["solver"] in FIXED_SOLVERS:
-                groups.setdefault((r["field"], r["path"], r["solver"]), []).append(r)
-        for (field, pth, solver), rs in groups.items():
-            net = field == "network"
-            ax.plot(
-                [r["nfe"] for r in rs],
-                [r[metric] for r in rs],
-                "o" + ("-" if solver == "euler" else "--") if net else "x:",
-                ms=4 if net else 3,
-                lw=1.2 if net else 0.8,
-                label=f"{pth} / {solver}" + ("" if net else " (exact field)"),
-            )
-        ax.axhline(floors[metric], color="k", lw=1, ls=":", label="floor")
-        ax.set_xscale("log")
-        if metric == "w2":
-            ax.set_yscale("log")
-        else:  # the unbiased MMD^2 estimate can be negative
-            ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel(f"NFE (euler: n_t; {rows[0]['higher']}: stages x n_t)")
-        ax.set_ylabel({"w2": "W2 to held-out data", "mmd": "MMD^2 (fixed bandwidth)"}[metric])
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    groups = {}
+    for r in rows:
+        if r["solver"] in FIXED_SOLVERS:
+            groups.setdefault((r["field"], r["path"], r["solver"]), []).append(r)
+    curves = []
+    for (field, pth, solver), rs in groups.items():
+        net = field == "network"
+        fmt = "o" + ("-" if solver == "euler" else "--") if net else "x:"
+        label = f"{pth} / {solver}" + ("" if net else " (exact field)")
+        curves.append((label, rs, fmt, dict(ms=4 if net else 3, lw=1.2 if net else 0.8)))
+    _common.plot_quality(
+        curves,
+        floors,
+        out,
+        xlabel=f"NFE (euler: n_t; {rows[0]['higher']}: stages x n_t)",
+        w2_label="W2 to held-out data",
+    )
 
 
-def plot_samples_vs_nt(sets, out, lim=4.5):
-    n = len(sets)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
-    for ax, (title, x) in zip(axes[0], sets.items(), strict=True):
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, linewidths=0)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-def _nfe_to(m, field, path, solver, factor=1.5):
-    hit = [
-        r["nfe"]
-        for r in m["rows"]
-        if (r["field"], r["path"], r["solver"]) == (field, path, solver)
-        and r["w2"] <= factor * m["floors"]["w2"]
-    ]
-    return min(hit) if hit else None
+def _nfe_to(m, *key):
+    rows = [r for r in m["rows"] if (r["field"], r["path"], r["solver"]) == key]
+    return _common.nfe_to(rows, 1.5 * m["floors"]["w2"])
 
 
 def _nfe_sentences(m):
@@ -288,7 +193,11 @@ def _nfe_sentences(m):
     return [" ".join(out)] if out else []
 
 
-def write_summary(out, m):
+def _opt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def summary(m):
     f = m["floors"]
     lines = [
         f"# Flow matching on `{m['dataset']}` (text 002, Q2-Q3)",
@@ -308,36 +217,35 @@ def write_summary(out, m):
         "other far more precisely than with the floor, and 'W2 / exact' divides by the W2 of "
         "the exact field (adaptive Tsit5) from the same x0: a perfect model scores 1.",
         "",
-        "| field | schedule | solver | n_t | NFE | W2 | W2 / floor | W2 / exact | MMD^2 | "
-        "MMD^2 floor |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in m["rows"]:
-        ratio = r.get("w2_over_exact")
-        lines.append(
-            f"| {r['field']} | {r['path']} | {r['solver']} | "
-            f"{r['n_t'] if r['n_t'] else 'adaptive'} | {r['nfe']} | {r['w2']:.4f} | "
-            f"{r['w2_over_floor']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
-            f"{r['mmd']:.2e} | {f['mmd']:.2e} |"
-        )
-    hi = m["higher_solver"]
-    lines += [
+        *_common.table(
+            "field | schedule | solver | n_t | NFE | W2 | W2 / floor | W2 / exact | MMD^2 | "
+            "MMD^2 floor",
+            [
+                f"{r['field']} | {r['path']} | {r['solver']} | {r['n_t'] or 'adaptive'} | "
+                f"{r['nfe']} | {r['w2']:.4f} | {r['w2_over_floor']:.2f} | "
+                f"{_opt(r.get('w2_over_exact'), '.2f')} | {r['mmd']:.2e} | {f['mmd']:.2e}"
+                for r in m["rows"]
+            ],
+            "lllrrrrrrr",
+        ),
         "",
-        f"| schedule | train s | steps/s | final val loss | loss on 50k: network | exact field "
-        f"(irreducible) | NFE to W2 <= 1.5 x floor: euler / {hi} / exact euler |",
-        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name, t in m["training"].items():
-        irr, net = t.get("irreducible_loss"), t.get("network_loss_50k")
-        nfes = " / ".join(
-            str(_nfe_to(m, fld, name, s) or "-")
-            for fld, s in (("network", "euler"), ("network", hi), ("exact", "euler"))
-        )
-        lines.append(
-            f"| {name} | {t['seconds']:.1f} | {t['steps_per_second']:.0f} | "
-            f"{t['final_val_loss']:.4f} | {'-' if net is None else f'{net:.4f}'} | "
-            f"{'-' if irr is None else f'{irr:.4f}'} | {nfes} |"
-        )
+    hi = m["higher_solver"]
+    nfes = lambda name: " / ".join(  # noqa: E731
+        str(_nfe_to(m, fld, name, s) or "-")
+        for fld, s in (("network", "euler"), ("network", hi), ("exact", "euler"))
+    )
+    lines += _common.table(
+        "schedule | train s | steps/s | final val loss | loss on 50k: network | exact field "
+        f"(irreducible) | NFE to W2 <= 1.5 x floor: euler / {hi} / exact euler",
+        [
+            f"{name} | {t['seconds']:.1f} | {t['steps_per_second']:.0f} | "
+            f"{t['final_val_loss']:.4f} | {_opt(t.get('network_loss_50k'), '.4f')} | "
+            f"{_opt(t.get('irreducible_loss'), '.4f')} | {nfes(name)}"
+            for name, t in m["training"].items()
+        ],
+        "lrrrrrl",
+    )
     b = m["best"]
     lines += [
         "",
@@ -360,7 +268,7 @@ def write_summary(out, m):
         "t = 0, .25, .5, .75, 1), `trajectories.png`, `quality_vs_nt.png`, "
         "`samples_vs_nt.png`. Samples: `samples.npz`.",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -373,13 +281,8 @@ def main(argv=None):
     real_sampler = data.sampler(args.dataset)
     n = cfg["n"]
     real = np.asarray(real_sampler(k_eval, n))
-    bandwidth = metrics.median_bandwidth(real, real)
-    floors = _common.floors_shared_keys(
-        real_sampler, n, key=k_floor, bandwidth=bandwidth, repeats=cfg["floor_reps"]
-    )
-    print(
-        f"floors at n = {n}: W2 {floors['w2']:.4f}, MMD^2 {floors['mmd']:.2e} "
-        f"(bandwidth {bandwidth:.3f})"
+    bandwidth, floors = _common.reference(
+        real_sampler, real, key=k_floor, repeats=cfg["floor_reps"]
     )
 
     results, fields = {}, {}
@@ -417,29 +320,14 @@ def main(argv=None):
     for field, pname, solver, nt in tqdm(jobs, desc="sampling", file=sys.stdout):
         vf = fields[pname] if field == "network" else exact[pname]
         sol, x, secs = sample(vf, x0, solver, steps=nt)
-        w2, mmd = _common.score(x, real, bandwidth)
-        rows.append(
-            dict(
-                field=field,
-                path=pname,
-                solver=solver,
-                n_t=nt,
-                nfe=int(sol.nfe),
-                w2=w2,
-                w2_over_floor=w2 / floors["w2"],
-                mmd=mmd,
-                sample_seconds=secs,
-                higher=args.solver,
-            )
-        )
+        row = dict(field=field, path=pname, solver=solver, n_t=nt, nfe=int(sol.nfe))
+        row |= _common.scored(x, real, bandwidth, floors)
+        rows.append(row | dict(sample_seconds=secs, higher=args.solver))
         if field == "network":
             finals[(pname, solver, nt)] = x
     for r in rows:
-        tqdm.write(
-            f"{r['field']:>7} {r['path']:>7} {r['solver']:>8} n_t={str(r['n_t']):>5} "
-            f"NFE={r['nfe']:>4} W2={r['w2']:.4f} ({r['w2_over_floor']:.2f}x floor "
-            f"{floors['w2']:.4f}) MMD^2={r['mmd']:.2e} (floor {floors['mmd']:.2e})"
-        )
+        label = f"{r['field']:>7} {r['path']:>7} {r['solver']:>8} n_t={str(r['n_t']):>5}"
+        tqdm.write(_common.line(label, r, floors))
     ref = {r["path"]: r["w2"] for r in rows if r["field"] == "exact" and r["solver"] == "tsit5"}
     for r in rows:
         if r["path"] in ref:
@@ -471,10 +359,9 @@ def main(argv=None):
     plot_trajectories(trajs, args.out / "trajectories.png")
     plot_nt(rows, floors, args.out / "quality_vs_nt.png")
     p0 = args.schedules[0]
-    plot_samples_vs_nt(
-        {f"Euler n_t={nt}": finals[(p0, "euler", nt)] for nt in cfg["n_ts"]} | {"real": real},
-        args.out / "samples_vs_nt.png",
-    )
+    sets = {f"Euler n_t={nt}": finals[(p0, "euler", nt)] for nt in cfg["n_ts"]} | {"real": real}
+    fig = plotting.scatter_grid(sets, ncols=len(sets), lim=4.5, panel_size=2.2)
+    _common.save(fig, args.out / "samples_vs_nt.png")
 
     np.savez_compressed(
         args.out / "samples.npz",
@@ -498,27 +385,13 @@ def main(argv=None):
         for name, res in results.items()
     }
     m = dict(
-        study=STUDY,
-        dataset=args.dataset,
-        seed=args.seed,
-        quick=args.quick,
-        n=n,
-        train_steps=cfg["steps"],
-        batch=cfg["batch"],
-        lr=cfg["lr"],
-        width=64,
-        depth=4,
-        mmd_bandwidth=bandwidth,
-        higher_solver=args.solver,
-        mmd_estimator="unbiased",
-        floors=floors,
-        rows=rows,
-        best=best,
-        training=training,
+        study=STUDY, dataset=args.dataset, seed=args.seed, quick=args.quick, n=n,
+        train_steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], width=64, depth=4,
+        mmd_bandwidth=bandwidth, higher_solver=args.solver, mmd_estimator="unbiased",
+        floors=floors, rows=rows, best=best, training=training,
         wall_seconds=time.perf_counter() - t_start,
-    )
-    (args.out / "metrics.json").write_text(json.dumps(m, indent=2))
-    write_summary(args.out, m)
+    )  # fmt: skip
+    _common.write_report(args.out, m, summary(m))
     print(
         f"best: {best['path']} / {best['solver']} n_t={best['n_t']}: W2 {best['w2']:.4f} "
         f"= {best['w2'] / floors['w2']:.2f} x floor; wrote {args.out} in "

@@ -18,64 +18,48 @@ loss. Time convention: t = 0 noise, t = 1 data.
 Run ``python experiments/score_sde_2d.py`` (about 5-6 minutes on 2 busy CPU cores) or ``--quick``.
 """
 
-import functools
-import json
+import argparse
 import pathlib
 import sys
 import time
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
-import _common  # noqa: E402
-import jax  # noqa: E402
+import _common  # noqa: E402  (selects the Agg backend)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import data, losses, metrics, nn, paths, sdes, solve, train  # noqa: E402
-from diffeqgen._checks import check_choice, check_int, check_positive  # noqa: E402
+from diffeqgen import data, losses, metrics, nn, paths, plotting, sdes, solve, train  # noqa: E402
 
 STUDY = "score_sde_2d"
 DATASET = "dog"
 DIFFUSION_PATHS = ("vp", "ve_t", "ve", "subvp")
 KINDS = ("denoiser", "eps", "score")
+LOSS = {
+    "denoiser": "denoiser",
+    "eps": "eps",
+    "score": "score_matching",
+    "velocity": "flow_matching",
+}
 
-FULL = dict(
-    width=128,
-    depth=4,
-    steps=12_000,
-    batch=512,
-    lr=2e-3,
-    n=2000,
-    n_val=2000,
-    sde_steps=1000,
-    ode_steps=40,
-    pc_steps=500,
-    rtol=1e-5,
-    atol=1e-5,
-    val_every=500,
-    floor_repeats=3,
-)
-QUICK = dict(
-    width=64,
-    depth=3,
-    steps=600,
-    batch=256,
-    lr=2e-3,
-    n=400,
-    n_val=500,
-    sde_steps=200,
-    ode_steps=40,
-    pc_steps=100,
-    rtol=1e-3,
-    atol=1e-3,
-    val_every=200,
-    floor_repeats=2,
+SETTINGS = dict(  # name=(full, --quick)
+    width=(128, 64),
+    depth=(4, 3),
+    steps=(12_000, 600),
+    batch=(512, 256),
+    lr=(2e-3, 2e-3),
+    n=(2000, 400),
+    n_val=(2000, 500),
+    sde_steps=(1000, 200),
+    ode_steps=(40, 40),
+    pc_steps=(500, 100),
+    rtol=(1e-5, 1e-3),
+    atol=(1e-5, 1e-3),
+    val_every=(500, 200),
+    floor_repeats=(3, 2),
 )
 
 
@@ -99,101 +83,62 @@ def parse_args(argv=None):
         f"{', '.join(DIFFUSION_PATHS)}, KIND (what the network predicts) from {', '.join(KINDS)}, "
         "default --kind (default vp:eps,ve_t:denoiser; --quick: vp:eps)",
     )
-    p.add_argument("--kind", default="eps", help=f"default network output, one of {KINDS}")
+    kind = _common.choice("kind", KINDS)
+    p.add_argument("--kind", type=kind, default="eps", help=f"default network output ({KINDS})")
     p.add_argument(
         "--sigma-max",
-        type=float,
-        default=None,
+        type=_common.positive("sigma_max"),
         help="sigma_max of the 've' path (library default when omitted)",
     )
     p.add_argument(
         "--ve-scale",
-        type=float,
+        type=_common.positive("ve_scale"),
         default=8.0,
         help="scale of the 've_t' path (g(s) = scale * s); p_0 has std scale/sqrt(3)",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model")
-    p.add_argument("--sde-steps", type=int, default=None, help="Euler-Maruyama steps (N)")
-    p.add_argument("--ode-steps", type=int, default=None, help="Euler steps of the PF-ODE")
-    p.add_argument("--snr", type=float, default=0.16, help="corrector signal-to-noise ratio")
+    count = _common.integer
+    p.add_argument("--steps", type=count("steps"), help="training steps per model")
+    p.add_argument("--sde-steps", type=count("sde_steps"), help="Euler-Maruyama steps (N)")
+    p.add_argument("--ode-steps", type=count("ode_steps"), help="Euler steps of the PF-ODE")
+    p.add_argument(
+        "--snr", type=_common.positive("snr"), default=0.16, help="corrector signal-to-noise ratio"
+    )
     p.add_argument(
         "--adaptive",
-        default=None,
+        type=_common.choices("adaptive solver", solve.ODE_SOLVERS),
         help="adaptive ODE solvers (default tsit5,dopri5; --quick: tsit5)",
     )
-    p.add_argument(
-        "--mmd-bandwidth",
-        type=float,
-        default=0.5,
-        help="RBF bandwidth of the MMD, in data units (0 = median heuristic)",
-    )
+    _common.add_mmd_bandwidth(p)
     p.add_argument("--no-fm", action="store_true", help="skip the flow-matching comparison")
     args = p.parse_args(argv)
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.paths is None:
-        args.paths = "vp:eps" if args.quick else "vp:eps,ve_t:denoiser"
-    if args.adaptive is None:
-        args.adaptive = "tsit5" if args.quick else "tsit5,dopri5"
+    args.cfg = _common.config(
+        args, SETTINGS, steps=args.steps, sde_steps=args.sde_steps, ode_steps=args.ode_steps
+    )
+    args.adaptive = args.adaptive or (["tsit5"] if args.quick else ["tsit5", "dopri5"])
+    entries = (args.paths or ("vp:eps" if args.quick else "vp:eps,ve_t:denoiser")).split(",")
     try:
-        args.kind = check_choice("kind", args.kind, KINDS)
-        entries = [e.strip() for e in args.paths.split(",") if e.strip()]
-        if not entries:
-            raise ValueError("--paths must name at least one diffusion path")
         args.paths = []
-        for e in entries:
-            name, _, kind = e.partition(":")
-            args.paths.append(
-                (
-                    check_choice("path", name.strip(), DIFFUSION_PATHS),
-                    check_choice("kind", kind.strip() or args.kind, KINDS),
-                )
-            )
-        args.adaptive = [s.strip() for s in args.adaptive.split(",") if s.strip()]
-        for s in args.adaptive:
-            solve.get_solver(s)  # unknown solver names raise here, before training
-        check_positive("snr", args.snr)
-        if args.sigma_max is not None:
-            check_positive("sigma_max", args.sigma_max)
-        check_positive("ve_scale", args.ve_scale)
-        check_positive("mmd_bandwidth", args.mmd_bandwidth, allow_zero=True)
-        for k in ("steps", "sde_steps", "ode_steps"):
-            v = getattr(args, k)
-            if v is not None:
-                cfg[k] = check_int(k, v, minimum=1)
+        for name, _, k in (e.strip().partition(":") for e in entries if e.strip()):
+            args.paths.append((_common.choice("path", DIFFUSION_PATHS)(name), kind(k or args.kind)))
         # Building the paths validates their names and parameters before any training.
         args.specs = build_specs(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
         p.error(str(e))
-    args.cfg = cfg
+    if not args.paths:
+        p.error("--paths must name at least one diffusion path")
     return args
 
 
 def build_specs(args):
+    """One Spec per trained model: the diffusion models of ``--paths``, then flow matching."""
+    kw = {"ve_t": {"scale": args.ve_scale}}
+    if args.sigma_max is not None:
+        kw["ve"] = {"sigma_max": args.sigma_max}
     specs = []
-    for name, kind in args.paths:
-        kw = {}
-        if name == "ve" and args.sigma_max is not None:
-            kw = {"sigma_max": args.sigma_max}
-        if name == "ve_t":
-            kw = {"scale": args.ve_scale}
-        path = paths.get_path(name, **kw)
-        loss = {
-            "denoiser": losses.denoiser_loss,
-            "eps": losses.eps_loss,
-            "score": losses.score_matching_loss,
-        }[kind]
-        specs.append(Spec(f"{kind} ({name})", name, path, kind, functools.partial(loss, path=path)))
-    if not args.no_fm:
-        path = paths.get_path("linear")
-        specs.append(
-            Spec(
-                "flow matching (linear)",
-                "linear",
-                path,
-                "velocity",
-                functools.partial(losses.flow_matching_loss, path=path),
-            )
-        )
+    for name, kind in args.paths + ([] if args.no_fm else [("linear", "velocity")]):
+        path = paths.get_path(name, **kw.get(name, {}))
+        label = "flow matching (linear)" if kind == "velocity" else f"{kind} ({name})"
+        specs.append(Spec(label, name, path, kind, losses.get_loss(LOSS[kind], path=path)))
     return specs
 
 
@@ -203,22 +148,13 @@ dog = data.sampler(DATASET)
 def train_model(spec, cfg, args, key, val):
     model_key, train_key = jr.split(key)
     model = nn.MLP(2, 2, width=cfg["width"], depth=cfg["depth"], key=model_key)
-    tag = "quick" if args.quick else "full"
-    res = _common.fit(
-        args,
-        f"{tag}_{spec.path_name}_{spec.kind}_s{args.seed}.eqx",
-        model,
-        spec.loss,
-        dog,
-        optimizer=train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"]),
-        key=train_key,
-        num_steps=cfg["steps"],
-        batch_size=cfg["batch"],
-        val_data=val,
-        val_every=cfg["val_every"],
+    name = f"{'quick' if args.quick else 'full'}_{spec.path_name}_{spec.kind}_s{args.seed}.eqx"
+    opt = train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"])
+    return _common.fit(
+        args, name, model, spec.loss, dog, optimizer=opt, key=train_key, num_steps=cfg["steps"],
+        batch_size=cfg["batch"], val_data=val, val_every=cfg["val_every"],
         checkpoint_every=cfg["val_every"],
-    )
-    return res
+    )  # fmt: skip
 
 
 def prior(spec, key, n, mu, var):
@@ -231,21 +167,6 @@ def prior(spec, key, n, mu, var):
     t0 = spec.path.t_min
     a, s = spec.path.alpha(t0), spec.path.sigma(t0)
     return a * mu + jnp.sqrt(s**2 + a**2 * var) * jr.normal(key, (n, 2))
-
-
-def timed(fn, repeat=True):
-    """Run ``fn`` twice (compile, then warm): return (result, warm seconds, first-call seconds).
-
-    With ``repeat=False`` (quick mode) run once and report that time for both.
-    """
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t
-    if not repeat:
-        return out, first, first
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - t, first
 
 
 def samplers_for(spec, model, cfg, args):
@@ -268,40 +189,15 @@ def samplers_for(spec, model, cfg, args):
     out[f"ODE Euler N={cfg['ode_steps']}"] = lambda k, x0: solve.sample_ode(
         field, x0, t0=t0, t1=t1, solver="euler", steps=cfg["ode_steps"]
     )
+    tol = dict(t0=t0, t1=t1, rtol=cfg["rtol"], atol=cfg["atol"])
     for s in args.adaptive:
-        out[f"ODE {s} (rtol {cfg['rtol']:g})"] = functools.partial(
-            _adaptive, field, s, t0, t1, cfg["rtol"], cfg["atol"]
+        out[f"ODE {s} (rtol {cfg['rtol']:g})"] = lambda k, x0, s=s: solve.sample_ode(
+            field, x0, solver=s, **tol
         )
     return out
 
 
-def _adaptive(field, solver, t0, t1, rtol, atol, k, x0):
-    return solve.sample_ode(field, x0, t0=t0, t1=t1, solver=solver, rtol=rtol, atol=atol)
-
-
 # ------------------------------------------------------------------------------------ plots
-def plot_samples(samples, real, out):
-    names = list(samples)
-    ncol = min(4, len(names) + 1)
-    nrow = -(-(len(names) + 1) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3 * nrow), squeeze=False)
-    lim = np.abs(real).max() * 1.3
-    panels = [("real (held out)", real)] + [(n, samples[n]) for n in names]
-    for ax, (title, x) in zip(axes.flat, panels, strict=False):
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
-        ax.set_title(title, fontsize=7)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
 def plot_fields(spec, model, x0_big, real, out, times=(0.25, 0.5, 0.75, 0.95)):
     """Score and velocity quivers over the model's own density p_t, and the denoiser output.
 
@@ -319,21 +215,16 @@ def plot_fields(spec, model, x0_big, real, out, times=(0.25, 0.5, 0.75, 0.95)):
     )
     xs = np.asarray(sol.xs)
     lim = 4.5
-    g = np.linspace(-lim, lim, 21, dtype=np.float32)
-    gx, gy = np.meshgrid(g, g)
-    grid = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1))
+    gx, gy, grid = _common.grid(lim, 21)
     fig, axes = plt.subplots(3, len(ts), figsize=(3 * len(ts), 9), squeeze=False)
     for j, t in enumerate(ts.tolist()):
-        xt = xs[j]
-        v = np.asarray(jax.vmap(lambda x, t=t: field(t, x, None))(grid))
-        sc = np.asarray(jax.vmap(lambda x, t=t: score(t, x, None))(grid))
-        pred = jax.vmap(lambda x, t=t: model(t, x, None))(jnp.asarray(xt))
-        den = np.asarray(
-            paths.convert(pred, jnp.asarray(xt), t, path, source=kind, target="denoiser")
-        )
-        for i, (vec, label) in enumerate([(sc, "score"), (v, "velocity")]):
+        xt = jnp.asarray(xs[j])
+        pred = _common.field_on(model, t, xt)
+        den = np.asarray(paths.convert(pred, xt, t, path, source=kind, target="denoiser"))
+        for i, (fn, label) in enumerate([(score, "score"), (field, "velocity")]):
+            vec = _common.field_on(fn, t, grid)
             ax = axes[i, j]
-            ax.hist2d(xt[:, 0], xt[:, 1], bins=50, range=[[-lim, lim], [-lim, lim]], cmap="Greys")
+            plotting.hist2d(ax, xt, lim=lim, bins=50, cmap="Greys")
             n = np.linalg.norm(vec, axis=-1, keepdims=True)
             # Lengths relative to this panel's 90th-percentile norm, clipped at 1 (the field's
             # scale changes by orders of magnitude with t; directions are what matter here).
@@ -343,42 +234,22 @@ def plot_fields(spec, model, x0_big, real, out, times=(0.25, 0.5, 0.75, 0.95)):
                 gx.ravel(), gy.ravel(), u[:, 0], u[:, 1], color="tab:red", scale=25, width=0.004
             )
             ax.set_title(f"{label} over learned p_t, t = {t:.2f}", fontsize=7)
-        ax = axes[2, j]
-        ax.scatter(real[:, 0], real[:, 1], s=1, c="0.85")
-        ax.scatter(den[:2000, 0], den[:2000, 1], s=1, alpha=0.4, c="tab:blue")
-        ax.set_title(f"denoiser E[x1 | x_t], t = {t:.2f}", fontsize=7)
-        for ax in axes[:, j]:
-            ax.set_xlim(-lim, lim)
-            ax.set_ylim(-lim, lim)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
+        plotting.scatter(axes[2, j], real, lim=lim, s=4, alpha=1.0, color="0.85")
+        plotting.scatter(axes[2, j], den[:2000], lim=lim, s=4, alpha=0.4, color="tab:blue")
+        axes[2, j].set_title(f"denoiser E[x1 | x_t], t = {t:.2f}", fontsize=7)
     fig.suptitle(f"{spec.name}: learned fields", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 def plot_losses(histories, out):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, h in histories.items():
-        (line,) = ax.plot(h["step"], h["loss"], lw=0.6, alpha=0.6, label=f"{name} train")
-        if len(h.get("val_step", [])):
-            ax.plot(
-                h["val_step"],
-                h["val_loss"],
-                "o-",
-                ms=2,
-                color=line.get_color(),
-                label=f"{name} val",
-            )
+        plotting.loss_curve(ax, h, label=name, window=1, val_fmt="o-")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (each model its own objective)")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _common.save(fig, out)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -422,7 +293,7 @@ def notes(rows, floors):
     return out
 
 
-def write_summary(out, rows, floors, bandwidth, cfg, args, total):
+def summary(rows, floors, bandwidth, cfg, args, total):
     lines = [
         f"# {STUDY}: Gaussian -> dog, score SDE vs probability-flow ODE vs flow matching",
         "",
@@ -443,20 +314,21 @@ def write_summary(out, rows, floors, bandwidth, cfg, args, total):
         "and leaves it out). NFE: vector-field evaluations "
         "per sample (score/denoiser network calls; the PC corrector's calls included).",
         "",
-        "| model | sampler | train s | sample s | compile s | NFE | MMD | W2 | best val loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *_common.table(
+            "model | sampler | train s | sample s | compile s | NFE | MMD | W2 | best val loss",
+            [
+                f"{r['model']} | {r['sampler']} | {r['train_seconds']:.1f} | "
+                f"{r['sample_seconds']:.2f} | {_opt(r['compile_seconds'])} | {r['nfe']} | "
+                f"{r['mmd']:.5f} | {r['w2']:.4f} | {r['best_val_loss']:.4f}"
+                for r in rows
+            ]
+            + [
+                f"floor (real vs real, mean of {floors['repeats']}) | - | - | - | - | - | "
+                f"{floors['mmd']:.5f} +- {floors['mmd_sd']:.5f} | {floors['w2']:.4f} +- "
+                f"{floors['w2_sd']:.4f} | -"
+            ],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['sampler']} | {r['train_seconds']:.1f} | "
-            f"{r['sample_seconds']:.2f} | {_opt(r['compile_seconds'])} | {r['nfe']} | "
-            f"{r['mmd']:.5f} | {r['w2']:.4f} | {r['best_val_loss']:.4f} |"
-        )
-    lines.append(
-        f"| floor (real vs real, mean of {floors['repeats']}) | - | - | - | - | - | "
-        f"{floors['mmd']:.5f} +- {floors['mmd_sd']:.5f} | {floors['w2']:.4f} +- "
-        f"{floors['w2_sd']:.4f} | - |"
-    )
     best = min(rows, key=lambda r: r["w2"])
     ratio = best["w2"] / floors["w2"]
     lines += [
@@ -472,7 +344,7 @@ def write_summary(out, rows, floors, bandwidth, cfg, args, total):
         "velocity quivers over the model's own p_t from its PF-ODE; the denoiser E[x1 | x_t] of "
         "those points, the 'blurry dog' of text 001 sharpening as t -> 1), `losses.png`.",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -501,54 +373,39 @@ def main(argv=None):
     for i, spec in enumerate(args.specs):
         print(f"[{i + 1}/{len(args.specs)}] training {spec.name}")
         res = train_model(spec, cfg, args, jr.fold_in(k_models, i), val)
-        model = res.ema_model
-        models[spec.name] = model
-        h = {k: np.asarray(v) for k, v in res.history.items()}
-        histories[spec.name] = h
+        model = models[spec.name] = res.ema_model
+        h = histories[spec.name] = {k: np.asarray(v) for k, v in res.history.items()}
         best_val = float(np.min(h["val_loss"])) if len(h.get("val_loss", [])) else float("nan")
         smp = samplers_for(spec, model, cfg, args)
         for j, (sname, fn) in enumerate(tqdm(smp.items(), desc=f"sampling {spec.name}")):
             ks, kx = jr.split(jr.fold_in(k_sample, 100 * i + j))
             x0 = prior(spec, kx, n, mu, var)
-            sol, warm, first = timed(lambda fn=fn, ks=ks, x0=x0: fn(ks, x0), not args.quick)
-            x = np.asarray(sol.x)
+            sol, warm, first = _common.timed(fn, ks, x0, repeat=not args.quick)
+            x = samples[f"{spec.name} | {sname}"] = np.asarray(sol.x)
             if not np.all(np.isfinite(x)):
                 print(f"  {sname}: non-finite samples", file=sys.stderr)
-            w2, mm = _common.score(jnp.asarray(x), real, bandwidth)
-            row = dict(
-                model=spec.name,
-                path=spec.path_name,
-                kind=spec.kind,
-                sampler=sname,
+            row = dict(model=spec.name, path=spec.path_name, kind=spec.kind, sampler=sname)
+            row |= dict(
                 train_seconds=float(res.wall_seconds),
                 sample_seconds=warm,
                 compile_seconds=None if args.quick else max(first - warm, 0.0),
                 nfe=int(sol.nfe),
-                mmd=mm,
-                w2=w2,
                 best_val_loss=best_val,
                 mmd_floor=floors["mmd"],
                 w2_floor=floors["w2"],
-                w2_over_floor=w2 / floors["w2"],
             )
-            rows.append(row)
-            samples[f"{spec.name} | {sname}"] = x
-            tqdm.write(
-                f"  {sname:42s} NFE {row['nfe']:5d}  W2 {w2:.4f} (floor "
-                f"{floors['w2']:.4f})  MMD {mm:.5f} (floor {floors['mmd']:.5f})"
-            )
+            rows.append(row | _common.scored(jnp.asarray(x), real, bandwidth, floors))
+            tqdm.write(_common.line(f"  {sname:42s}", rows[-1], floors))
 
-    plot_samples(samples, np.asarray(real), out / "samples.png")
+    lim = float(np.abs(np.asarray(real)).max() * 1.3)
+    sets = {"real (held out)": np.asarray(real)} | samples
+    fig = plotting.scatter_grid(sets, ncols=min(4, len(sets)), lim=lim, panel_size=3.0, s=4)
+    _common.save(fig, out / "samples.png")
     plot_losses(histories, out / "losses.png")
     for i, spec in enumerate(args.specs):
         x0_big = prior(spec, jr.fold_in(k_plot, i), 5000 if args.quick else 20_000, mu, var)
-        plot_fields(
-            spec,
-            models[spec.name],
-            x0_big,
-            np.asarray(real),
-            out / f"fields_{spec.path_name}_{spec.kind}.png",
-        )
+        file = out / f"fields_{spec.path_name}_{spec.kind}.png"
+        plot_fields(spec, models[spec.name], x0_big, np.asarray(real), file)
     np.savez_compressed(
         out / "samples.npz",
         real=np.asarray(real),
@@ -558,25 +415,12 @@ def main(argv=None):
     total = time.perf_counter() - t_start
     best = min(rows, key=lambda r: r["w2"])
     result = dict(
-        study=STUDY,
-        seed=args.seed,
-        quick=args.quick,
-        config=cfg,
-        n=n,
-        mmd_bandwidth=bandwidth,
-        mmd_estimator="unbiased",
-        floors=floors,
-        rows=rows,
-        best=dict(
-            model=best["model"],
-            sampler=best["sampler"],
-            w2=best["w2"],
-            w2_over_floor=best["w2_over_floor"],
-        ),
+        study=STUDY, seed=args.seed, quick=args.quick, config=cfg, n=n, mmd_bandwidth=bandwidth,
+        mmd_estimator="unbiased", floors=floors, rows=rows,
+        best={k: best[k] for k in ("model", "sampler", "w2", "w2_over_floor")},
         total_seconds=total,
-    )
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    write_summary(out, rows, floors, bandwidth, cfg, args, total)
+    )  # fmt: skip
+    _common.write_report(out, result, summary(rows, floors, bandwidth, cfg, args, total))
     print(
         f"best: {best['model']} / {best['sampler']}: W2 {best['w2']:.4f} = "
         f"{best['w2_over_floor']:.2f} x floor; total {total:.0f} s; wrote {out}"

@@ -229,3 +229,24 @@ def test_floor_stats_matches_individual_floors(key):
     assert stats.std == pytest.approx(np.std(singles, ddof=1))
     with pytest.raises(ValueError, match="repeats"):
         metrics.floor_stats(metrics.mmd, sampler, 64, key=key, repeats=1)
+
+
+def test_mode_tv_exact():
+    """Points at the means: occupancy = the counts; TV = 0.5 sum |share - weight| exactly."""
+    from types import SimpleNamespace
+
+    mix = SimpleNamespace(
+        means=np.array([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]]),
+        covariances=np.tile(np.eye(2) * 0.1, (3, 1, 1)),
+        weights=np.array([0.5, 0.25, 0.25]),
+    )
+    balanced = np.repeat(mix.means, [2, 1, 1], axis=0)
+    assert metrics.mode_tv(balanced, mix) == 0.0
+    one_mode = np.repeat(mix.means[1:2], 10, axis=0)
+    assert metrics.mode_tv(one_mode, mix) == pytest.approx(0.75)
+    # On the true 8gaussians mixture a large sample fills its modes in proportion.
+    gm = data.mixture("8gaussians")
+    x = gm.sample(jr.key(0), 8000)
+    assert metrics.mode_tv(x, gm) < 0.03
+    with pytest.raises(ValueError, match="columns"):
+        metrics.mode_tv(np.zeros((4, 3)), mix)
