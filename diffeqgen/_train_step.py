@@ -24,14 +24,24 @@ def check_data(name: str, data, batch_size: int, key) -> tuple[Any, bool]:
                 f"{name} is callable, so it must be a sampler (key, n) -> array; calling it as "
                 f"{name}(key, {batch_size}) failed: {e}"
             ) from e
-        shape = getattr(out, "shape", None)
-        if shape is None or len(shape) < 1 or shape[0] != batch_size:
-            raise ValueError(
-                f"{name}(key, n) must return an array of shape (n, *event); for n={batch_size} "
-                f"it returned {shape if shape is not None else type(out).__name__}"
+        leaves = jax.tree_util.tree_leaves(out)
+        shapes = [getattr(leaf, "shape", None) for leaf in leaves]
+        if not leaves or any(s is None or len(s) < 1 or s[0] != batch_size for s in shapes):
+            shown = (
+                shapes[0]
+                if len(shapes) == 1
+                else jax.tree_util.tree_map(
+                    lambda leaf: getattr(leaf, "shape", type(leaf).__name__), out
+                )
             )
-        if not jnp.issubdtype(out.dtype, jnp.floating):
-            raise TypeError(f"{name}(key, n) must return a floating-point array, got {out.dtype}")
+            raise ValueError(
+                f"{name}(key, n) must return an array of shape (n, *event) (or a pytree of them, "
+                f"e.g. a paired batch {{'x0': ..., 'x': ...}}); for n={batch_size} it returned "
+                f"{shown if leaves else type(out).__name__}"
+            )
+        if not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
+            dtypes = ", ".join(str(leaf.dtype) for leaf in leaves)
+            raise TypeError(f"{name}(key, n) must return a floating-point array, got {dtypes}")
         return data, True
     arr = check_array(name, data, min_ndim=1)
     if arr.shape[0] < 1:
