@@ -505,15 +505,18 @@ def _softmin(eps: Array, cost: Array, h: Array, log_w: Array) -> Array:
     return -eps * _jlogsumexp(log_w + (h[None, :] - cost) / eps, axis=1)
 
 
+_EPS_DECAY = 0.9  # epsilon scaling factor per iteration (0.5 stalls the averaged updates)
+
+
 def _ot_eps(a: Array, b: Array, eps: Array, tol: float, max_iters: int, symmetric: bool) -> Array:
     """Entropic OT_eps between uniform measures on ``a`` and ``b`` (squared Euclidean cost).
 
     OT_eps = min_P <P, C> + eps KL(P | mu x nu). The potentials come from log-domain Sinkhorn
-    with epsilon scaling (eps_k = max(eps, C_max / 2^k)), run in a ``while_loop`` without
-    gradients until eps_k = eps and the L1 error of the plan's marginal is below ``tol`` (or
-    ``max_iters``). The value is then the semi-dual at the fixed potentials with one
-    differentiable soft-min, whose gradient is the envelope-theorem gradient ``sum_ij P_ij dC_ij``
-    (exact at convergence; no backpropagation through the iterations).
+    (averaged, symmetric updates) with epsilon scaling (eps_k = max(eps, C_max 0.9^k)), run in a
+    ``while_loop`` without gradients until eps_k = eps and the L1 error of the plan's marginals
+    is below ``tol`` (or ``max_iters``). The value is then the semi-dual at the fixed potentials
+    with one differentiable soft-min, whose gradient is the envelope-theorem gradient
+    ``sum_ij P_ij dC_ij`` (exact at convergence; no backpropagation through the iterations).
     """
     cost = _jax_sq_dists(a, b)
     c_fixed = jax.lax.stop_gradient(cost)
@@ -524,24 +527,27 @@ def _ot_eps(a: Array, b: Array, eps: Array, tol: float, max_iters: int, symmetri
     scale = jnp.maximum(jnp.max(c_fixed), eps_fixed)
 
     def eps_at(k):
-        return jnp.maximum(eps_fixed, scale * 0.5 ** k.astype(cost.dtype))
+        return jnp.maximum(eps_fixed, scale * _EPS_DECAY ** k.astype(cost.dtype))
 
-    def cond(state):
+    def cond(state):  # go on until the last iteration (k - 1) ran at eps and converged
         k, _, _, err = state
-        return (k < max_iters) & ((eps_at(k) > eps_fixed) | (err > tol))
+        return (k < max_iters) & ((eps_at(k - 1) > eps_fixed) | (err > tol))
 
-    def marginal_err(f_old, f_new, e):
-        return jnp.sum(jnp.exp(log_a) * jnp.abs(jnp.expm1((f_old - f_new) / e)))
+    def marginal_err(h, t, e, log_w):  # L1 error of the marginal on h's side
+        return jnp.sum(jnp.exp(log_w) * jnp.abs(jnp.expm1((h - t) / e)))
 
     def body(state):
         k, f, g, _ = state
         e = eps_at(k)
         if symmetric:
             t = _softmin(e, c_fixed, f, log_a)
-            return k + 1, 0.5 * (f + t), g, marginal_err(f, t, e)
-        f_new = _softmin(e, c_fixed, g, log_b)
-        g_new = _softmin(e, c_fixed.T, f_new, log_a)
-        return k + 1, f_new, g_new, marginal_err(f, f_new, e)
+            return k + 1, 0.5 * (f + t), g, marginal_err(f, t, e, log_a)
+        # averaged parallel updates (as in geomloss): far faster than alternating ones when
+        # the two sets are close (on identical sets alternating updates converge sublinearly)
+        tf = _softmin(e, c_fixed, g, log_b)
+        tg = _softmin(e, c_fixed.T, f, log_a)
+        err = marginal_err(f, tf, e, log_a) + marginal_err(g, tg, e, log_b)
+        return k + 1, 0.5 * (f + tf), 0.5 * (g + tg), err
 
     init = (
         jnp.asarray(0, jnp.int32),
@@ -574,12 +580,12 @@ def sinkhorn_divergence(
     tolerance), >= 0, and ``S_eps -> W2^2`` as ``eps -> 0`` (``metrics.wasserstein(x, y) ** 2``
     for equal sizes); the blur scale is ``sqrt(eps)`` in the units of the data.
 
-    Each OT_eps runs log-domain Sinkhorn with epsilon scaling (halving from the largest cost down
-    to ``eps``), then iterates at ``eps`` until the L1 error of the plan's marginal is below
-    ``tol`` (at most ``max_iters`` iterations in all). The gradient is the envelope-theorem
-    gradient at the final potentials (no backpropagation through the iterations, so memory stays
-    O(n m)); its relative error is of the order of ``tol``. Works under ``jit``, ``grad`` and
-    ``vmap``.
+    Each OT_eps runs log-domain Sinkhorn with epsilon scaling (by 0.9 per iteration from the
+    largest cost down to ``eps``), then iterates at ``eps`` until the L1 error of the plan's
+    marginals is below ``tol`` (at most ``max_iters`` iterations in all). The gradient is the
+    envelope-theorem gradient at the final potentials (no backpropagation through the
+    iterations, so memory stays O(n m)); its relative error is of the order of ``tol``. Works
+    under ``jit``, ``grad`` and ``vmap``.
 
     Args:
         x: ``(n, d)`` samples.
