@@ -17,6 +17,7 @@ def sets(key, n=10, m=10, dtype=jnp.float64):
 
 
 def fd_grad(f, x, h=1e-6):
+    f = jax.jit(f)
     g = np.zeros(x.shape)
     for idx in np.ndindex(*x.shape):
         e = jnp.zeros_like(x).at[idx].set(h)
