@@ -9,15 +9,16 @@ student, initialised from the teacher, is retrained by the same loss on those pa
 
 Reported (``results/reflow_2d/``): the headline, the exact W2 (assignment) of 5000 one-step Euler
 samples of the reflowed model against 5000 held-out real samples, beside the W2 floor at n = 5000
-(two independent real sets); a before/after table at n = 1000 (the exact assignment of the
-teacher's far-from-data few-step samples at n = 5000 takes many minutes): W2 and MMD^2 beside
-their floors for Euler with 1, 2 and 4 steps (NFE = steps) before (teacher) and after (student)
-reflow, plus an adaptive Tsit5 reference of each model, and the RMS distance between each sample
-and the teacher's own RK4 sample from the same noise (how well the map is reproduced); the
-straightness of each flow (``couplings.straightness``: mean path length / chord, and Liu et al.'s
-S); ``metrics.json``, ``summary.md`` and ``reflow.png`` (trajectories and 1-step samples).
+(mean over 5 pairs of independent real sets); a before/after table at n = 1000 (the exact
+assignment of the teacher's far-from-data few-step samples at n = 5000 takes many minutes): W2
+and MMD^2 beside their floors for Euler with 1, 2 and 4 steps (NFE = steps) before (teacher) and
+after (student) reflow, plus an adaptive Tsit5 reference of each model, and the RMS distance
+between each sample and the teacher's own RK4 sample from the same noise (how well the map is
+reproduced); the straightness of each flow (``couplings.straightness``: mean path length /
+chord, and Liu et al.'s S); ``metrics.json``, ``summary.md`` and ``reflow.png`` (trajectories and
+1-step samples).
 
-Run ``python experiments/reflow_2d.py`` (about 7 minutes on 2 busy CPU cores) or ``--quick``.
+Run ``python experiments/reflow_2d.py`` (3.5 to 7 minutes on 2 busy CPU cores) or ``--quick``.
 """
 
 import json
@@ -54,7 +55,7 @@ FULL = dict(
     pair_steps=32,
     n=5000,
     n_table=1000,
-    head_floor_reps=2,
+    head_floor_reps=5,
     floor_reps=3,
     n_straight=1000,
 )
