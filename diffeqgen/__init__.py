@@ -11,6 +11,7 @@ Import the package and reach the submodules by name::
 
 from . import (
     cnf,
+    couplings,
     data,
     groundtruth,
     losses,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "cnf",
+    "couplings",
     "data",
     "groundtruth",
     "losses",

@@ -13,7 +13,7 @@ __all__ = ["CustomPath", "custom_path"]
 class CustomPath(GaussianPath):
     """A Gaussian path x_t = alpha(t) x1 + sigma(t) eps defined by user functions.
 
-    Built by :func:`custom_path`; see there. ``alpha_fn`` etc. are fields (an Equinox module
+    Built by [`custom_path`][]; see there. ``alpha_fn`` etc. are fields (an Equinox module
     holding a learnable schedule keeps its arrays as leaves). The endpoint flags are static.
     """
 
@@ -147,7 +147,7 @@ def custom_path(
         sigma_vanishes_at_1: ``None`` to detect, or declare whether sigma(1) = 0.
 
     Returns:
-        The path (a :class:`CustomPath`, an Equinox module).
+        The path (a [`CustomPath`][], an Equinox module).
     """
     return CustomPath(
         alpha,

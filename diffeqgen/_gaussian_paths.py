@@ -177,7 +177,7 @@ class GaussianPath(eqx.Module):
     (elementwise on a float array ``t`` of any shape), and set ``t_eps`` in ``__init__``;
     ``d_alpha`` and ``d_sigma`` default to exact derivatives by autodiff (``jax.jvp``) and may be
     overridden with closed forms. Or build one from two functions with
-    :func:`diffeqgen.paths.custom_path`. Every loss, sampler, conversion and ground-truth function
+    [`diffeqgen.paths.custom_path`][]. Every loss, sampler, conversion and ground-truth function
     then works with the path::
 
         class SquaredPath(dg.paths.GaussianPath):
@@ -325,7 +325,9 @@ class GaussianPath(eqx.Module):
         Returns N(0, sigma(t)^2 I) on ``event_shape``: the law of x_t = alpha(t) x1 + sigma(t) eps
         with the data term alpha(t) x1 dropped. Exact where alpha(0) = 0 (linear, cosine,
         polynomial: N(0, I)); an approximation otherwise, accurate when alpha(t) x1 is small
-        beside sigma(t) (VE: N(0, sigma_max^2 I), good when sigma_max exceeds the data scale;
+        beside sigma(t) (VE: N(0, sigma_max^2 I), whose log-density error at z is about
+        ``z . E[x1] / sigma_max^2`` = O(|E x1| / sigma_max), and O(E|x1|^2 / sigma_max^2) for
+        centred data: centre the data, or take sigma_max well above the data scale;
         VP / sub-VP: N(0, (1 - exp(-B(1)))^k I), within about 1e-4 of the classic N(0, I)). It is
         the default ``base`` of ``diffeqgen.cnf.log_prob`` for fields that carry the path. The exact
         t = 0 marginal of a Gaussian mixture is ``diffeqgen.groundtruth.marginal(mix, path, 0.0)``.
@@ -335,7 +337,7 @@ class GaussianPath(eqx.Module):
             t: time of the reference (the ``t0`` of a likelihood solve).
 
         Returns:
-            An :class:`IsotropicGaussian` with ``log_prob`` and ``sample``.
+            An [`IsotropicGaussian`][] with ``log_prob`` and ``sample``.
         """
         scale = _coef(self.sigma, _time(t))
         if scale.ndim != 0:

@@ -193,7 +193,7 @@ def sample_and_log_prob(
         t0: base time (noise side).
         t1: data time.
         base: an object with ``.sample(key, n)`` and ``.log_prob``, or ``None``: the path's
-            prior when ``vector_field`` carries a path (as in :func:`log_prob`), else N(0, I).
+            prior when ``vector_field`` carries a path (as in [`log_prob`][]), else N(0, I).
         solver: solver name or Diffrax solver.
         steps: fixed steps or ``None``.
         rtol: adaptive relative tolerance.

@@ -44,6 +44,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import couplings as _couplings
 from . import paths as _paths
 from ._checks import check_choice, check_int, check_positive
 from ._ot import ot_pairing
@@ -64,7 +65,8 @@ __all__ = [
     "COUPLINGS",
 ]
 
-COUPLINGS = ("independent", "ot")
+COUPLINGS = _couplings.COUPLING_NAMES
+_COUPLING_SALT = 0xC0
 SCORE_WEIGHTINGS = ("sigma2", "none")
 
 Model = Callable[..., Array]
@@ -206,6 +208,8 @@ def flow_matching_loss(
     batch: Any,
     *,
     path: Any,
+    source: Any = None,
+    coupling: Any = None,
     cond_dropout: float | int = 0.0,
     null_cond: Any = None,
 ) -> Scalar:
@@ -215,11 +219,24 @@ def flow_matching_loss(
     the conditional velocity on the path u_t = alpha'(t) x1 + sigma'(t) eps
     (``path.cond_velocity_on_path``). Its minimiser is the marginal velocity field.
 
+    The source points ``eps`` (``x0``) are standard normal by default, drawn independently of the
+    data; ``source=`` draws them from another sampler, a paired batch ``{"x0": x0, "x": x1}``
+    gives them with the data, and ``coupling=`` re-pairs them with the data before the path is
+    built (``diffeqgen.couplings``). On the linear path with ``coupling="ot"``
+    (``couplings.minibatch_ot()``) between noise and data this is OT-CFM; on given reflow pairs
+    it is one round of rectified-flow retraining.
+
     Args:
         model: velocity network ``model(t, x, args) -> (event)`` on one sample.
-        key: PRNG key (t and eps).
-        batch: data ``x1`` ``(n, *event)``, or ``(x1, cond)`` (see [`split_batch`][]).
+        key: PRNG key (t, eps and the coupling).
+        batch: data ``x1`` ``(n, *event)``, ``(x1, cond)`` (see [`split_batch`][]), or a paired
+            batch ``{"x0": x0, "x": x1}`` (optionally with ``"cond"``).
         path: a ``GaussianPath`` or a name for ``paths.get_path``.
+        source: ``None`` (standard normal), a sampler ``(key, n) -> (n, *event)``, a dataset name
+            or an array to draw rows from; not allowed with a paired batch.
+        coupling: ``None`` (keep the pairs as drawn or given), ``"independent"``, ``"ot"``, or a
+            coupling function ``(key, x0, x1) -> (x0, x1)`` (``couplings.minibatch_ot(...)``);
+            a condition follows its target through a ``couplings.Coupling``.
         cond_dropout: probability of replacing a sample's condition by ``null_cond``.
         null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
 
@@ -227,8 +244,25 @@ def flow_matching_loss(
         Scalar loss.
     """
     path = _resolve_path(path)
-    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
-    t, eps, xt = _path_sample(path, key, x1)
+    x0, rest, sampled = _source_batch(batch, source)
+    x1, cond = _prepare(key, rest, cond_dropout, null_cond)
+    coupling = _couplings.get_coupling(coupling)
+    if x0 is None and source is None and coupling is None:
+        t, eps, xt = _path_sample(path, key, x1)
+    else:
+        t_key, eps_key = jr.split(key)
+        n = x1.shape[0]
+        t = jr.uniform(t_key, (n,), x1.dtype, minval=path.t_min, maxval=path.t_max)
+        if x0 is None:
+            x0 = (
+                jr.normal(eps_key, x1.shape, x1.dtype)
+                if source is None
+                else _draw_source(source, eps_key, n, x1)
+            )
+        eps, x1, cond = _couplings.couple(
+            jr.fold_in(key, _COUPLING_SALT), x0, x1, cond, coupling, sampled=sampled
+        )
+        xt = jax.vmap(path.interpolate)(x1, eps, t)
     target = jax.vmap(path.cond_velocity_on_path)(x1, eps, t)
     return jnp.mean(_sqnorm(_apply(model, t, xt, cond) - target))
 
@@ -439,13 +473,30 @@ def _draw_source(source, key: PRNGKeyArray, n: int, like: Array) -> Array:
     return arr[jr.randint(key, (n,), 0, arr.shape[0])]
 
 
+def _source_batch(batch: Any, source: Any) -> tuple[Array | None, Any, bool]:
+    """(given x0 or None, the rest of the batch, whether x0 will be sampled).
+
+    The rest is the batch itself, or a paired batch without ``"x0"`` (``{"x": x1}`` and maybe
+    ``"cond"``), which ``_prepare`` then splits into the target and its condition.
+    """
+    x0, rest = _couplings.split_pairs(batch)
+    if x0 is None:
+        return None, batch, True
+    if source is not None:
+        raise ValueError(
+            'a paired batch {"x0": x0, "x": x1} already gives the source points; pass '
+            f"source=None, got source={source!r}"
+        )
+    return x0, rest, False
+
+
 def interpolant_loss(
     model: Model,
     key: PRNGKeyArray,
     batch: Any,
     *,
-    source: Any,
-    coupling: str = "independent",
+    source: Any = None,
+    coupling: Any = None,
     ot_epsilon: float | int = 0.01,
     ot_iters: int = 50,
     cond_dropout: float | int = 0.0,
@@ -457,42 +508,53 @@ def interpolant_loss(
     L = E || v(t, x_t) - (x1 - x0) ||^2. Integrating dx/dt = v from t = 0 (source) to t = 1 carries
     the source distribution to the target.
 
-    Couplings: ``"independent"`` pairs x0 and x1 at random. ``"ot"`` pairs them by minibatch
-    optimal transport for the squared Euclidean cost, on device: log-domain Sinkhorn (final
-    regulariser ``ot_epsilon`` x mean cost, ``ot_iters`` iterations with epsilon scaling), then
-    each x0 draws its partner from its row of the plan ([`ot_pairing`][]). Why Sinkhorn and not
-    an exact assignment: Hungarian/auction solvers are sequential with data-dependent control
-    flow (slow to compile and run inside the fused ``lax.scan`` training step, or a host
-    round trip through scipy), whereas Sinkhorn is a fixed number of dense, vectorised
-    ``logsumexp`` sweeps. Its expected pairing cost is within about 1-2% of the exact optimum
-    (tested against ``scipy.optimize.linear_sum_assignment``), which is all minibatch OT needs:
-    the minibatch itself is a random approximation of the population OT plan. OT pairs cross
-    less, so the learned paths are straighter and need far fewer solver steps.
+    Pairs: x0 is drawn from ``source`` independently of the batch, or given with it in a paired
+    batch ``{"x0": x0, "x": x1}`` (e.g. reflow pairs, ``diffeqgen.couplings``). Couplings:
+    ``None`` keeps the pairs as drawn or given (independent for a sampled source);
+    ``"independent"`` shuffles them; ``"ot"`` pairs them by minibatch optimal transport for the
+    squared Euclidean cost, on device: log-domain Sinkhorn (final regulariser ``ot_epsilon`` x
+    mean cost, ``ot_iters`` iterations with epsilon scaling), then each x0 draws its partner from
+    its row of the plan ([`ot_pairing`][]). Why Sinkhorn and not an exact assignment:
+    Hungarian/auction solvers are sequential with data-dependent control flow (slow to compile
+    and run inside the fused ``lax.scan`` training step, or a host round trip through scipy),
+    whereas Sinkhorn is a fixed number of dense, vectorised ``logsumexp`` sweeps. Its expected
+    pairing cost is within about 1-2% of the exact optimum (tested against
+    ``scipy.optimize.linear_sum_assignment``), which is all minibatch OT needs: the minibatch
+    itself is a random approximation of the population OT plan. OT pairs cross less, so the
+    learned paths are straighter and need far fewer solver steps. Any coupling function
+    ``(key, x0, x1) -> (x0, x1)`` (``couplings.minibatch_ot(epsilon=..., iters=...)``) may be
+    given instead of a name.
 
     Args:
         model: velocity network ``model(t, x, args) -> (event)``.
         key: PRNG key.
-        batch: target samples ``(n, *event)`` or ``(x1, cond)`` (see [`split_batch`][]);
-            the condition follows its target point through the OT re-pairing.
+        batch: target samples ``(n, *event)``, ``(x1, cond)`` (see [`split_batch`][]), or a
+            paired batch ``{"x0": x0, "x": x1}`` (optionally with ``"cond"``); the condition
+            follows its target point through a re-pairing.
         source: a sampler ``(key, n) -> (n, *event)``, a dataset name for ``data.sample``, or an
-            array ``(N, *event)`` drawn from uniformly with replacement.
-        coupling: "independent" or "ot".
-        ot_epsilon: Sinkhorn regulariser relative to the mean cost (> 0).
-        ot_iters: Sinkhorn iterations (>= 1).
+            array ``(N, *event)`` drawn from uniformly with replacement; required unless the
+            batch is paired (and then not allowed).
+        coupling: ``None``, "independent", "ot", or a coupling function.
+        ot_epsilon: Sinkhorn regulariser relative to the mean cost (> 0), for ``"ot"``.
+        ot_iters: Sinkhorn iterations (>= 1), for ``"ot"``.
         cond_dropout: probability of replacing a sample's condition by ``null_cond``.
         null_cond: the "no condition" value (needed when ``cond_dropout > 0``).
     """
-    check_choice("coupling", coupling, COUPLINGS)
     ot_epsilon = check_positive("ot_epsilon", ot_epsilon)
     ot_iters = check_int("ot_iters", ot_iters, minimum=1)
-    x1, cond = _prepare(key, batch, cond_dropout, null_cond)
+    coupling = _couplings.get_coupling(coupling, ot_epsilon=ot_epsilon, ot_iters=ot_iters)
+    x0, rest, sampled = _source_batch(batch, source)
+    if x0 is None and source is None:
+        raise ValueError(
+            "interpolant_loss needs source= (a sampler, dataset name or array) or a paired "
+            'batch {"x0": x0, "x": x1}'
+        )
+    x1, cond = _prepare(key, rest, cond_dropout, null_cond)
     n = x1.shape[0]
     src_key, ot_key, t_key = jr.split(key, 3)
-    x0 = _draw_source(source, src_key, n, x1)
-    if coupling == "ot":
-        j = ot_pairing(ot_key, x0, x1, epsilon=ot_epsilon, num_iters=ot_iters)
-        x1 = x1[j]
-        cond = None if cond is None else _take(cond, j)
+    if x0 is None:
+        x0 = _draw_source(source, src_key, n, x1)
+    x0, x1, cond = _couplings.couple(ot_key, x0, x1, cond, coupling, sampled=sampled)
     t = jr.uniform(t_key, (n,), x1.dtype)
     tb = _bcast(t, x1)
     xt = (1.0 - tb) * x0 + tb * x1
@@ -522,7 +584,7 @@ def get_loss(name: str, **config) -> Callable[[Model, PRNGKeyArray, Array], Scal
     if "path" in config:
         config["path"] = _resolve_path(config["path"])
     if "coupling" in config:
-        check_choice("coupling", config["coupling"], COUPLINGS)
+        _couplings.get_coupling(config["coupling"])
     if "weighting" in config:
         check_choice("weighting", config["weighting"], SCORE_WEIGHTINGS)
     if "sigma" in config:
@@ -540,5 +602,8 @@ def get_loss(name: str, **config) -> Callable[[Model, PRNGKeyArray, Array], Scal
     if "schedule" in config:
         check_int("schedule.num_steps", int(config["schedule"].num_steps), minimum=1)
     if name == "interpolant" and "source" not in config:
-        raise ValueError("interpolant loss needs source= (a sampler, dataset name or array)")
+        raise ValueError(
+            "interpolant loss needs source= (a sampler, dataset name or array); for a paired "
+            'batch {"x0": x0, "x": x1} pass source=None'
+        )
     return functools.partial(fn, **config)
