@@ -211,6 +211,7 @@ def split_pairs(batch: Any) -> tuple[Array | None, Any]:
 
 
 def _take(tree: Any, idx: Array) -> Any:
+    """Rows ``idx`` of every leaf of ``tree`` (re-pairs a per-sample condition with its target)."""
     return jax.tree_util.tree_map(lambda c: c[idx], tree)
 
 

@@ -180,10 +180,6 @@ def _prepare(key: PRNGKeyArray, batch: Any, cond_dropout, null_cond) -> tuple[Ar
     return x, _drop_cond(key, cond, x.shape[0], p, null_cond)
 
 
-def _take(cond: Any, idx: Array) -> Any:
-    return jax.tree_util.tree_map(lambda c: c[idx], cond)
-
-
 def _path_sample(path, key: PRNGKeyArray, x1: Array):
     """Draw t ~ U[t_min, t_max] and eps ~ N(0, I); return (t, eps, x_t)."""
     t_key, eps_key = jr.split(key)
@@ -371,7 +367,7 @@ def dsm_loss(
     xt = (x[:, None] + sigma * w).reshape(n * k, *x.shape[1:])
     w = w.reshape(n * k, *x.shape[1:])
     s = jnp.full((n * k,), sigma, x.dtype)
-    cond = None if cond is None else _take(cond, jnp.repeat(jnp.arange(n), k))
+    cond = None if cond is None else _couplings._take(cond, jnp.repeat(jnp.arange(n), k))
     return jnp.mean(_sqnorm(_apply(model, s, xt, cond) + w / sigma))
 
 
@@ -412,7 +408,7 @@ def ncsm_loss(
     s = jnp.repeat(sig[jr.randint(idx_key, (n,), 0, sig.size)], k)
     w = jr.normal(w_key, (n * k, *x.shape[1:]), x.dtype)
     xt = jnp.repeat(x, k, axis=0) + _bcast(s, w) * w
-    cond = None if cond is None else _take(cond, jnp.repeat(jnp.arange(n), k))
+    cond = None if cond is None else _couplings._take(cond, jnp.repeat(jnp.arange(n), k))
     return jnp.mean(_sqnorm(_bcast(s, w) * _apply(model, s, xt, cond) + w))
 
 

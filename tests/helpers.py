@@ -31,7 +31,18 @@ def run_script(path, *args, timeout=300):
     )
 
 
-__all__ = ["tree_allclose", "run_script", "jnp"]
+def assert_trees_equal(a, b):
+    """Assert two Equinox modules / pytrees have the same structure and bit-identical arrays."""
+    import equinox as eqx
+
+    la, ta = jax.tree_util.tree_flatten(eqx.filter(a, eqx.is_array))
+    lb, tb = jax.tree_util.tree_flatten(eqx.filter(b, eqx.is_array))
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+__all__ = ["tree_allclose", "run_script", "assert_trees_equal", "jnp"]
 
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"

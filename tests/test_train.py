@@ -7,6 +7,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_equal
 
 from diffeqgen import train
 from diffeqgen.nn import MLP
@@ -59,14 +60,6 @@ def run(data, num_steps=300, **kw):
     kw.setdefault("steps_per_call", 60)
     kw.setdefault("progress", False)
     return fit(small_net(jr.key(0)), noisy_loss, data, num_steps=num_steps, **kw)
-
-
-def assert_trees_equal(a, b):
-    la, ta = jax.tree_util.tree_flatten(eqx.filter(a, eqx.is_array))
-    lb, tb = jax.tree_util.tree_flatten(eqx.filter(b, eqx.is_array))
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def assert_history_equal(h1, h2):

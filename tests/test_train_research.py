@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_equal
 
 from diffeqgen.train import TrainResult, TrainState, fit, init_state, load_checkpoint
 
@@ -76,14 +77,6 @@ def run(num_steps=200, loss=cond_loss, data=None, model=None, **kw):
     data = cond_dataset() if data is None else data
     model = per_class() if model is None and kw.get("init") is None else model
     return fit(model, loss, data, num_steps=num_steps, **kw)
-
-
-def assert_trees_equal(a, b):
-    la, ta = jax.tree_util.tree_flatten(eqx.filter(a, eqx.is_array))
-    lb, tb = jax.tree_util.tree_flatten(eqx.filter(b, eqx.is_array))
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def assert_results_equal(r1, r2):
