@@ -114,11 +114,14 @@ class Guided(eqx.Module):
     def __call__(self, t: RealScalarLike, x: Array, args: Any) -> Array:
         """Guided prediction on one sample; ``args`` is the sample's condition ``c``."""
         w = self.weight.astype(x.dtype)
-        null = jax.tree_util.tree_map(
-            lambda z, c: jnp.broadcast_to(jnp.asarray(z, jnp.asarray(c).dtype), jnp.shape(c)),
-            self.null_cond,
-            args,
-        )
+
+        def fill(z, c):
+            return jnp.broadcast_to(jnp.asarray(z, jnp.asarray(c).dtype), jnp.shape(c))
+
+        if jax.tree_util.tree_structure(self.null_cond) == jax.tree_util.tree_structure(args):
+            null = jax.tree_util.tree_map(fill, self.null_cond, args)
+        else:  # one null value for every leaf of the condition
+            null = jax.tree_util.tree_map(lambda c: fill(self.null_cond, c), args)
         return (1 + w) * self.model(t, x, args) - w * self.model(t, x, null)
 
 

@@ -337,3 +337,15 @@ def test_sample_sde_cond_through_ito_conversion_and_per_sample_solves(solver, ke
         x = np.asarray(sol.x[labels == c, 0])
         se = x.std() / np.sqrt(x.size)
         assert abs(x.mean() - np.exp(float(mus[c]))) < 4 * se + 0.01, (c, x.mean(), se)
+
+
+def test_guided_with_a_pytree_condition():
+    # A dict condition with one null value for every leaf, or a null of the same structure.
+    def field(t, x, c):
+        return x * c["a"] + c["b"]
+
+    cond = {"a": jnp.array(2.0), "b": jnp.array(1.0)}
+    x = jnp.ones(2)
+    for null in (0.0, {"a": 0.0, "b": 0.0}):
+        g = dg.solve.guided(field, 1.0, null)
+        np.testing.assert_allclose(g(0.0, x, cond), 2 * field(0.0, x, cond) - 0.0)
