@@ -297,6 +297,11 @@ def timed(fn, *args, repeat=False, **kwargs):
 # --- reports: Markdown tables, JSON, figures -----------------------------------------------------
 
 
+def opt(value, spec=".3f", none="-"):
+    """``format(value, spec)``, or ``none`` for a missing (None) value, for tables and text."""
+    return none if value is None else format(value, spec)
+
+
 def table(header, rows, align=None):
     """Lines of a Markdown table from ``" | "``-separated strings: the header, then each row.
 
