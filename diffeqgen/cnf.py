@@ -26,19 +26,23 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from ._checks import check_array, check_int, check_positive
 from ._cnf_core import PROBES, TRACES, _base_log_prob, _default_base, _solve_augmented, _validate
 from ._conditioning import pack
-from ._types import Array, Float, PRNGKeyArray, RealScalarLike
+from ._types import Array, ArrayLike, Float, PRNGKeyArray, RealScalarLike
 from .nn import MLP
 
 __all__ = [
     "TRACES",
     "PROBES",
     "log_prob",
+    "log_prob_chunked",
+    "reference_log_prob",
     "sample_and_log_prob",
     "CNF",
     "nll_loss",
@@ -154,6 +158,124 @@ def log_prob(
         max_steps=max_steps,
     )
     return _base_log_prob(base, z0) - delta, nfe
+
+
+def log_prob_chunked(
+    vector_field: Callable,
+    x: Float[ArrayLike, " n *event"],
+    *,
+    chunk_size: int = 512,
+    cond: Any = None,
+    key: PRNGKeyArray | None = None,
+    **kwargs: Any,
+) -> tuple[Float[Array, " n"], float]:
+    """[`log_prob`][] of any number of points in chunks of a fixed size: one compile for every n.
+
+    ``x`` is padded to a multiple of ``chunk_size`` by repeating its rows cyclically, each chunk
+    of ``chunk_size`` rows goes through [`log_prob`][] (so every call with the same options reuses
+    one compiled solve, whatever ``n``), and the padding is dropped. With the default per-sample
+    error control each returned value equals ``log_prob`` of its chunk exactly. Time convention
+    as in [`log_prob`][]: base at ``t0`` (noise), ``x`` at ``t1`` (data). An eager helper for
+    evaluation (a Python loop over chunks); inside ``jit``/``grad`` call [`log_prob`][].
+
+    Args:
+        vector_field: ``f(t, x, args)`` on one sample, as in [`log_prob`][].
+        x: points of shape ``(n, *event)``.
+        chunk_size: rows per solve (>= 1).
+        cond: optional per-sample condition (leading axis ``n``), chunked with ``x``.
+        key: PRNG key of Hutchinson probes; chunk ``i`` uses ``jax.random.fold_in(key, i)``.
+        **kwargs: every other option of [`log_prob`][] (``t0``, ``t1``, ``base``, ``solver``,
+            ``steps``, ``rtol``, ``atol``, ``trace``, ``args``, ...), the same for each chunk.
+
+    Returns:
+        ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the mean over chunks of each
+        chunk's mean NFE per sample (padding rows included), as a Python float.
+    """
+    x = check_array("x", x, min_ndim=2)
+    chunk_size = check_int("chunk_size", chunk_size)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"x must hold at least one point, got shape {tuple(x.shape)}")
+    num_chunks = -(-n // chunk_size)
+    rows = jnp.arange(num_chunks * chunk_size) % n  # cyclic padding to whole chunks
+
+    def rows_of(tree, i):
+        idx = rows[i * chunk_size : (i + 1) * chunk_size]
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[idx], tree)
+
+    out, nfes = [], []
+    for i in range(num_chunks):
+        chunk_key = None if key is None else jr.fold_in(key, i)
+        lp, nfe = log_prob(
+            vector_field,
+            rows_of(x, i),
+            cond=None if cond is None else rows_of(cond, i),
+            key=chunk_key,
+            **kwargs,
+        )
+        out.append(lp)
+        nfes.append(float(nfe))
+    return jnp.concatenate(out)[:n], float(np.mean(nfes))
+
+
+def reference_log_prob(
+    vector_field: Callable,
+    x: Float[ArrayLike, " n *event"],
+    *,
+    solver: Any = "dopri8",
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    max_steps: int = 16384,
+    **kwargs: Any,
+) -> tuple[Float[np.ndarray, " n"], float]:
+    """A float64 reference of [`log_prob`][]: the field cast to float64, a tight adaptive solve.
+
+    Switches ``jax_enable_x64`` on for the duration of the call only (and restores it), casts
+    every floating-point array in ``vector_field``, ``x`` and the ``base``, ``args`` and ``cond``
+    options to float64, and calls [`log_prob`][] with per-sample error control (default dopri8,
+    ``rtol = atol = 1e-12``). Use it to measure the error of float32 likelihoods of a trained
+    model. Time convention as in [`log_prob`][]: base at ``t0`` (noise), ``x`` at ``t1`` (data).
+    Eager only (it flips a global JAX flag): do not call it inside ``jit``.
+
+    Args:
+        vector_field: ``f(t, x, args)`` on one sample (an Equinox module or a function).
+        x: points of shape ``(n, *event)``.
+        solver: an adaptive solver name from ``diffeqgen.solve.ODE_SOLVERS`` or a Diffrax solver.
+        rtol: relative tolerance (> 0).
+        atol: absolute tolerance (> 0).
+        max_steps: step limit of each per-sample solve.
+        **kwargs: every other option of [`log_prob`][] (``t0``, ``t1``, ``base``, ``args``,
+            ``cond``, ``trace``, ...).
+
+    Returns:
+        ``(log_p, nfe)``: NumPy float64 log-densities of shape ``(n,)`` and the mean NFE per
+        sample as a Python float.
+    """
+    x = check_array("x", x, min_ndim=2)
+
+    def to64(tree):
+        return jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree
+        )
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        for name in ("base", "args", "cond"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = to64(kwargs[name])
+        lp, nfe = log_prob(
+            to64(vector_field),
+            jnp.asarray(x, jnp.float64),
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+            **kwargs,
+        )
+        return np.asarray(lp, np.float64), float(nfe)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
 
 
 def sample_and_log_prob(

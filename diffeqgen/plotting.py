@@ -15,6 +15,7 @@ __all__ = [
     "trajectories",
     "loss_curve",
     "running_mean",
+    "ema",
 ]
 
 
@@ -161,6 +162,23 @@ def running_mean(x, window: int) -> np.ndarray:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     x = np.asarray(x, np.float64)
     return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+def ema(x, alpha: float) -> np.ndarray:
+    """Exponential moving average ``s_k = (1 - alpha) s_{k-1} + alpha x_k`` with ``s_{-1} = x_0``.
+
+    For smoothing per-step training losses (``alpha = 0.01`` averages over about 100 steps).
+    Returns a float64 array of the same length as ``x`` (empty for an empty ``x``).
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    acc = x[0] if len(x) else 0.0
+    for i, v in enumerate(x):
+        acc = (1 - alpha) * acc + alpha * v
+        out[i] = acc
+    return out
 
 
 def loss_curve(

@@ -297,6 +297,11 @@ def timed(fn, *args, repeat=False, **kwargs):
 # --- reports: Markdown tables, JSON, figures -----------------------------------------------------
 
 
+def opt(value, spec=".3f", none="-"):
+    """``format(value, spec)``, or ``none`` for a missing (None) value, for tables and text."""
+    return none if value is None else format(value, spec)
+
+
 def table(header, rows, align=None):
     """Lines of a Markdown table from ``" | "``-separated strings: the header, then each row.
 
@@ -313,10 +318,10 @@ def write_report(out, m, lines):
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def save(fig, file, **kw):
-    """``tight_layout``, save at 100 dpi and close."""
+def save(fig, file, dpi=100, **kw):
+    """``tight_layout`` (keywords ``kw``), save at ``dpi`` (default 100) and close."""
     fig.tight_layout(**kw)
-    fig.savefig(file, dpi=100)
+    fig.savefig(file, dpi=dpi)
     plt.close(fig)
 
 

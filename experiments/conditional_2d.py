@@ -18,16 +18,12 @@ the conditional model and for each guided field (a guided field is a flow too).
 Run ``python experiments/conditional_2d.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
 
-import json
 import pathlib
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
-import _common  # noqa: E402
+import _common  # noqa: E402  (selects the Agg backend)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -155,9 +151,7 @@ def plot_samples(sets, out, lim=4.6):
         ax.scatter(*np.asarray(MIX.means).T, marker="+", color="k", s=25, lw=0.8)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], aspect="equal")
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _common.save(fig, out, dpi=110)
 
 
 def plot_vs_w(m, out):
@@ -183,9 +177,7 @@ def plot_vs_w(m, out):
     axes[2].axhline(ll["true"], color="k", ls=":", lw=1, label="true E log p(x | c)")
     axes[2].set(xlabel="guidance weight w", ylabel="held-out mean log p(x | c) (nats)")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _common.save(fig, out, dpi=110)
 
 
 def _reading(m):
@@ -214,7 +206,7 @@ def _reading(m):
     return [" ".join(out)]
 
 
-def write_summary(out, m):
+def summary(m):
     cfg, ll = m["config"], m["loglik"]
     floors = m["class_floors"]
     lines = [
@@ -286,7 +278,7 @@ def write_summary(out, m):
         "per class, coloured by class), `vs_w.png` (per-class W2 / floor, spreads, outward "
         "shift, Bayes error and held-out log-likelihood against w). Samples: `samples.npz`.",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -299,21 +291,12 @@ def main(argv=None):
     model = nn.MLP(2, 2, width=WIDTH, depth=DEPTH, num_classes=K, key=k_model)
     loss = losses.get_loss("flow_matching", path="linear", cond_dropout=DROPOUT, null_cond=NULL)
     opt = train.make_optimizer(LR, schedule="cosine", num_steps=cfg["steps"], warmup=200)
+    every = max(200, cfg["steps"] // 10)
     res = _common.fit(
-        args,
-        "model.eqx",
-        model,
-        loss,
-        labelled,
-        optimizer=opt,
-        key=k_fit,
-        num_steps=cfg["steps"],
-        batch_size=cfg["batch"],
-        steps_per_call=200,
-        val_data=labelled,
-        val_every=max(200, cfg["steps"] // 10),
-        checkpoint_every=max(200, cfg["steps"] // 10),
-    )
+        args, "model.eqx", model, loss, labelled, optimizer=opt, key=k_fit,
+        num_steps=cfg["steps"], batch_size=cfg["batch"], steps_per_call=200, val_data=labelled,
+        val_every=every, checkpoint_every=every,
+    )  # fmt: skip
     field = res.ema_model
     _log(t_start, f"trained in {res.wall_seconds:.0f} s (compile {res.compile_seconds:.0f} s)")
 
@@ -346,12 +329,8 @@ def main(argv=None):
     x_null = x_null[:n_null]
     mix_real = np.asarray(MIX.sample(jr.fold_in(k_real, K), n_null))
     mix_floor = w2_floor(MIX.sample, n_null, jr.fold_in(k_floor, K), reps)
-    unconditional = dict(
-        n=n_null,
-        w2=float(metrics.wasserstein(x_null, mix_real)),
-        floor=mix_floor["w2"],
-        floor_sd=mix_floor["w2_sd"],
-    )
+    w2_null = float(metrics.wasserstein(x_null, mix_real))
+    unconditional = dict(n=n_null, w2=w2_null, floor=mix_floor["w2"], floor_sd=mix_floor["w2_sd"])
     _log(t_start, f"unconditional: W2 {unconditional['w2']:.4f} (floor {mix_floor['w2']:.4f})")
 
     # Exact conditional log-likelihood of held-out labelled points, for every w and the null.
@@ -391,27 +370,18 @@ def main(argv=None):
         unconditional=x_null[: K * s].astype(np.float32),
         **{f"w{w:g}": samples[w][show].astype(np.float32) for w in cfg["weights"]},
     )
+    training = dict(
+        seconds=res.wall_seconds, steps_per_second=res.steps_per_second,
+        compile_seconds=res.compile_seconds, final_val_loss=float(res.history["val_loss"][-1]),
+    )  # fmt: skip
     m = dict(
-        study=STUDY,
-        seed=args.seed,
-        quick=args.quick,
-        config=cfg,
-        std=STD,
-        class_floors=class_floors,
-        guidance=guidance,
-        unconditional=unconditional,
-        loglik=loglik,
-        training=dict(
-            seconds=res.wall_seconds,
-            steps_per_second=res.steps_per_second,
-            compile_seconds=res.compile_seconds,
-            final_val_loss=float(res.history["val_loss"][-1]),
-        ),
-    )
+        study=STUDY, seed=args.seed, quick=args.quick, config=cfg, std=STD,
+        class_floors=class_floors, guidance=guidance, unconditional=unconditional,
+        loglik=loglik, training=training,
+    )  # fmt: skip
     plot_vs_w(m, args.out / "vs_w.png")
     m["wall_seconds"] = time.perf_counter() - t_start
-    (args.out / "metrics.json").write_text(json.dumps(m, indent=2))
-    write_summary(args.out, m)
+    _common.write_report(args.out, m, summary(m))
     print(f"wrote {args.out} in {m['wall_seconds']:.0f} s")
     return m
 

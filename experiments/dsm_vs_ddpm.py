@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import data, losses, metrics, nn, paths, solve, train  # noqa: E402
+from diffeqgen import data, losses, metrics, nn, paths, plotting, solve, train  # noqa: E402
 
 STUDY = "dsm_vs_ddpm"
 MODELS = ("dsm", "ncsm", "ddpm")
@@ -61,37 +61,24 @@ def parse_args(argv=None):
         help="comma-separated data sets (default pinwheel,mixture; --quick: mixture)",
     )
     _common.add_mmd_bandwidth(p)
-    p.add_argument(
-        "--models",
-        type=_common.choices("model", MODELS),
-        default=",".join(MODELS),
-        help=f"subset of {MODELS}",
-    )
-    p.add_argument(
-        "--sigma", type=pos("sigma"), default=0.1, help="DSM noise level (normalised units)"
-    )
-    p.add_argument("--k", type=count("k"), default=20, help="noise draws per point in DSM")
-    p.add_argument("--T", type=count("T"), default=500, help="DDPM diffusion steps")
-    p.add_argument("--beta-min", type=float, default=1e-4)
-    p.add_argument("--beta-max", type=float, default=0.02)
-    p.add_argument("--sigma-min", type=pos("sigma_min"), default=0.01, help="smallest NCSM sigma")
-    p.add_argument("--sigma-max", type=pos("sigma_max"), default=3.0, help="largest NCSM sigma")
-    p.add_argument(
-        "--num-sigmas", type=count("num_sigmas", minimum=2), default=10, help="NCSM sigma levels"
-    )
-    p.add_argument(
-        "--langevin-eps",
-        type=pos("langevin_eps"),
-        default=1e-3,
-        help="Langevin step size of the single-sigma DSM sampler",
-    )
-    p.add_argument(
-        "--annealed-eps",
-        type=pos("annealed_eps"),
-        default=1e-5,
-        help="annealed Langevin: step h at the smallest sigma; level i uses "
-        "h * sigma_i^2 / sigma_min^2 (Song and Ermon 2019; their alpha = 2h)",
-    )
+    models = dict(type=_common.choices("model", MODELS), default=",".join(MODELS))
+    p.add_argument("--models", **models, help=f"subset of {MODELS}")
+    for flag, kind, default, text in (
+        ("sigma", pos, 0.1, "DSM noise level (normalised units)"),
+        ("k", count, 20, "noise draws per point in DSM"),
+        ("T", count, 500, "DDPM diffusion steps"),
+        ("beta_min", float, 1e-4, None),
+        ("beta_max", float, 0.02, None),
+        ("sigma_min", pos, 0.01, "smallest NCSM sigma"),
+        ("sigma_max", pos, 3.0, "largest NCSM sigma"),
+        ("num_sigmas", count, 10, "NCSM sigma levels"),
+        ("langevin_eps", pos, 1e-3, "Langevin step size of the single-sigma DSM sampler"),
+        ("annealed_eps", pos, 1e-5, "annealed Langevin: step h at the smallest sigma; level i "
+         "uses h * sigma_i^2 / sigma_min^2 (Song and Ermon 2019; their alpha = 2h)"),
+    ):  # fmt: skip
+        if kind is not float:
+            kind = kind(flag, minimum=2) if flag == "num_sigmas" else kind(flag)
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=default, help=text)
     for m in MODELS:
         p.add_argument(f"--{m}-steps", type=count(f"{m}_steps"))
     args = p.parse_args(argv)
@@ -109,29 +96,22 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------- models
-def make_model(name, key):
-    """MLP 4 x 64 for every model.
+def make(name, args, key):
+    """Model, loss and ``fit`` settings of one model; every network is an MLP 4 x 64.
 
     DDPM and NCSM embed t (resp. sigma) sinusoidally in 32 dimensions; the single-sigma DSM
     network sees its constant sigma raw (it is called as model(sigma, x)).
     """
-    if name in ("ddpm", "ncsm"):
-        return nn.MLP(2, 2, width=64, depth=4, embedding="sinusoidal", embed_dim=32, key=key)
-    return nn.MLP(2, 2, width=64, depth=4, embedding="none", key=key)
-
-
-def make_loss(name, args):
+    embed = dict(embedding="none") if name == "dsm" else dict(embedding="sinusoidal", embed_dim=32)
+    model = nn.MLP(2, 2, width=64, depth=4, **embed, key=key)
     if name == "dsm":
-        return losses.get_loss("dsm", sigma=args.sigma, k=args.k)
-    if name == "ncsm":
-        return losses.get_loss("ncsm", sigmas=tuple(args.sigmas.tolist()), k=args.k)
-    return losses.get_loss("ddpm", schedule=args.schedule)
-
-
-def train_config(name, cfg):
-    if name == "ddpm":
-        return dict(num_steps=cfg["ddpm_steps"], batch_size=64)
-    return dict(num_steps=cfg[f"{name}_steps"], batch_size=128)
+        loss = losses.get_loss("dsm", sigma=args.sigma, k=args.k)
+    elif name == "ncsm":
+        loss = losses.get_loss("ncsm", sigmas=tuple(args.sigmas.tolist()), k=args.k)
+    else:
+        loss = losses.get_loss("ddpm", schedule=args.schedule)
+    batch_size = 64 if name == "ddpm" else 128
+    return model, loss, dict(num_steps=args.cfg[f"{name}_steps"], batch_size=batch_size)
 
 
 def generate(name, model, args, key, n):
@@ -150,15 +130,9 @@ def generate(name, model, args, key, n):
         )
         return sol.x, sol.nfe
     # Annealed Langevin (Song and Ermon 2019) from N(0, sigma_1^2 I), largest sigma first.
-    x0 = x0 * float(args.sigmas[0])
-    sol = solve.annealed_langevin(
-        model,
-        x0,
-        jnp.asarray(args.sigmas),
-        key=k1,
-        step_size=args.annealed_eps,
-        steps_per_level=args.cfg["annealed_steps"],
-    )
+    x0, steps = x0 * float(args.sigmas[0]), args.cfg["annealed_steps"]
+    sigmas, eps = jnp.asarray(args.sigmas), args.annealed_eps
+    sol = solve.annealed_langevin(model, x0, sigmas, key=k1, step_size=eps, steps_per_level=steps)
     return sol.x, sol.nfe
 
 
@@ -206,17 +180,6 @@ def plot_score_fields(trained, norms, tests, args, out):
     _common.save(fig, out)
 
 
-def ema(x, alpha=EMA_ALPHA):
-    """Exponential moving average s_k = (1 - alpha) s_{k-1} + alpha x_k, s_0 = x_0."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
-    acc = x[0] if len(x) else 0.0
-    for i, v in enumerate(x):
-        acc = (1 - alpha) * acc + alpha * v
-        out[i] = acc
-    return out
-
-
 def plot_losses(histories, datasets, models, out):
     """Train loss (EMA alpha = 0.01 over the per-step losses, raw in the background) and test loss.
 
@@ -231,11 +194,12 @@ def plot_losses(histories, datasets, models, out):
         for j, m in enumerate(models):
             ax, h = axes[i, j], histories[f"{m} / {d}"]
             ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.15, lw=0.5)
-            ax.plot(h["step"], ema(h["loss"]), color="tab:blue", label="train (EMA 0.01)")
+            smooth = plotting.ema(h["loss"], EMA_ALPHA)
+            ax.plot(h["step"], smooth, color="tab:blue", label="train (EMA 0.01)")
             if len(h["val_loss"]):
                 style = dict(ms=2, color="tab:orange", label="test (EMA model)")
                 ax.plot(h["val_step"], h["val_loss"], "o-", **style)
-            lo = min(np.min(ema(h["loss"])), np.min(h["val_loss"], initial=np.inf))
+            lo = min(np.min(smooth), np.min(h["val_loss"], initial=np.inf))
             hi = np.quantile(h["loss"], 0.99)
             ax.set_ylim(lo - 0.05 * (hi - lo), hi)
             ax.set_title(f"{m} on {d}", fontsize=8)
@@ -262,12 +226,8 @@ def plot_scatter(samples, tests, out):
 
 
 # ---------------------------------------------------------------------------------- report
-def _fmt(v):
-    return "-" if v is None else f"{v:.3f}"
-
-
 def summary(rows, floors, args, total):
-    cfg = args.cfg
+    cfg, opt = args.cfg, _common.opt
     lines = [
         f"# {STUDY}: DSM + Langevin vs NCSM + annealed Langevin vs DDPM (text 004)",
         "",
@@ -298,7 +258,7 @@ def summary(rows, floors, args, total):
         body += [
             f"{d} | {r['model']} | {r['train_seconds']:.1f} | {r['sample_seconds']:.2f} | "
             f"{r['nfe']} | {r['M1']:.1f} | {r['M2']:.4f} | {r['M3']:.1f} | {r['M4']:.4f} | "
-            f"{r['w2']:.4f} | {r['mmd']:.5f} | {_fmt(r['mode_tv'])} | {r['best_test_loss']:.4g}"
+            f"{r['w2']:.4f} | {r['mmd']:.5f} | {opt(r['mode_tv'])} | {r['best_test_loss']:.4g}"
             for r in rows
             if r["dataset"] == d
         ]
@@ -306,15 +266,14 @@ def summary(rows, floors, args, total):
             f"{d} | floor (real vs real, mean of {f['repeats']}) | - | - | - | {f['M1']:.1f} | "
             f"{f['M2']:.4f} +- {f['M2_sd']:.4f} | {f['M3']:.1f} | {f['M4']:.4f} +- "
             f"{f['M4_sd']:.4f} | {f['w2']:.4f} +- {f['w2_sd']:.4f} | {f['mmd']:.5f} +- "
-            f"{f['mmd_sd']:.5f} | {_fmt(f['mode_tv'])} (test set) | -",
+            f"{f['mmd_sd']:.5f} | {opt(f['mode_tv'])} (test set) | -",
             f"{d} | (KDE bandwidth {f['kde_bandwidth']:.4f}, MMD bandwidth "
             f"{f['mmd_bandwidth']:.4f}) | | | | | | | | | | |",
         ]
     header = "data | model | train s | sample s | NFE | M1 | M2 | M3 | M4 | W2 | MMD | mode TV"
     lines += [*_common.table(header + " | best test loss", body), ""]
     for d in args.datasets:
-        rs = [r for r in rows if r["dataset"] == d]
-        best = min(rs, key=lambda r: r["w2"])
+        best = min((r for r in rows if r["dataset"] == d), key=lambda r: r["w2"])
         lines.append(
             f"- {d}: best W2 {best['w2']:.4f} ({best['model']}) = "
             f"{best['w2'] / floors[d]['w2']:.2f} x the floor {floors[d]['w2']:.4f}."
@@ -323,21 +282,16 @@ def summary(rows, floors, args, total):
         r = {x["model"]: x for x in rows if x["dataset"] == d}
         if "dsm" in r and "ncsm" in r:
             a, b = r["dsm"], r["ncsm"]
+            tv = a["mode_tv"] is not None
+            tv = f", mode TV {a['mode_tv']:.3f} vs {b['mode_tv']:.3f}" if tv else ""
             lines.append(
                 f"- {d}, what the single sigma = {args.sigma:g} costs (DSM + Langevin vs NCSM + "
                 f"annealed Langevin): W2 {a['w2']:.4f} vs {b['w2']:.4f}, M2 {a['M2']:.4f} vs "
                 f"{b['M2']:.4f}, M4 {a['M4']:.4f} vs {b['M4']:.4f}, MMD {a['mmd']:.5f} vs "
-                f"{b['mmd']:.5f}"
-                + (
-                    f", mode TV {a['mode_tv']:.3f} vs {b['mode_tv']:.3f}"
-                    if a["mode_tv"] is not None
-                    else ""
-                )
-                + "."
+                f"{b['mmd']:.5f}{tv}."
             )
-    below = [
-        r for r in rows if r["w2"] < floors[r["dataset"]]["w2"] - floors[r["dataset"]]["w2_sd"]
-    ]
+    fl = {d: f["w2"] - f["w2_sd"] for d, f in floors.items()}
+    below = [r for r in rows if r["w2"] < fl[r["dataset"]]]
     if below:
         names = ", ".join(f"{r['model']} on {r['dataset']}" for r in below)
         lines.append(
@@ -363,16 +317,13 @@ def summary(rows, floors, args, total):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = args.cfg
-    out = args.out
+    cfg, out = args.cfg, args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     key = jr.key(args.seed)
-    rows, floors, histories, samples, tests, npz = [], {}, {}, {}, {}, {}
-    trained, norms = {}, {}
+    rows, floors, histories, samples, tests, npz, trained, norms = [], {}, {}, {}, {}, {}, {}, {}
     for di, dname in enumerate(args.datasets):
-        kd = jr.fold_in(key, di)
-        k_real2, k_floor, k_models, k_gen = jr.split(kd, 4)
+        k_real2, k_floor, k_models, k_gen = jr.split(jr.fold_in(key, di), 4)
         xtr, xte = data.train_test_split(dname, cfg["n_train"], cfg["n_test"], seed=args.seed)
         xtr, xte = jnp.asarray(xtr), jnp.asarray(xte)
         mu, sd = xtr.mean(0), xtr.std(0)
@@ -386,33 +337,25 @@ def main(argv=None):
         kde_bw = float(metrics.kde_log_likelihood(xte, real2)["bandwidth"])  # Scott, test set
         kdes = [metrics.kde_log_likelihood(xte, r, bandwidth=kde_bw) for r in reals]
         mmd_bw = float(metrics.mmd(xte, real2, args.mmd_bandwidth or None).bandwidth)
-        floors[dname] = dict(
-            {m: float(np.mean([k[m] for k in kdes])) for m in KDE},
-            M2_sd=float(np.std([k["M2"] for k in kdes])),
-            M4_sd=float(np.std([k["M4"] for k in kdes])),
-            kde_bandwidth=kde_bw,
-            mmd_bandwidth=mmd_bw,
-            **_common.floors(
-                sampler, n, key=k_floor, bandwidth=mmd_bw, repeats=cfg["floor_repeats"]
-            ),
-        )
-        f = floors[dname]
+        f = floors[dname] = {m: float(np.mean([k[m] for k in kdes])) for m in KDE}
+        f |= {f"{m}_sd": float(np.std([k[m] for k in kdes])) for m in ("M2", "M4")}
+        f |= dict(kde_bandwidth=kde_bw, mmd_bandwidth=mmd_bw)
+        f |= _common.floors(sampler, n, key=k_floor, bandwidth=mmd_bw, repeats=len(reals))
         print(
             f"{dname}: floors W2 {f['w2']:.4f} +- {f['w2_sd']:.4f}, MMD {f['mmd']:.5f} (bw "
             f"{mmd_bw:.3f}), KDE M2 {f['M2']:.4f} M4 {f['M4']:.4f} (bw {kde_bw:.3f})"
         )
-        tests[dname] = np.asarray(xte)
+        npz[f"{dname}_test"] = tests[dname] = np.asarray(xte)
         norms[dname] = (np.asarray(mu), np.asarray(sd))
         f["mode_tv"] = mode_tv(dname, xte)
-        npz[f"{dname}_test"] = np.asarray(xte)
         npz[f"{dname}_real2"] = np.asarray(real2)
         for mi, mname in enumerate(args.models):
             km, kt = jr.split(jr.fold_in(k_models, mi))
-            tc = train_config(mname, cfg)
+            model, loss, tc = make(mname, args, km)
             print(f"training {mname} on {dname}: {tc['num_steps']} steps, batch {tc['batch_size']}")
             name = f"{'quick' if args.quick else 'full'}_{dname}_{mname}_s{args.seed}.eqx"
             res = _common.fit(
-                args, name, make_model(mname, km), make_loss(mname, args), ztr,
+                args, name, model, loss, ztr,
                 optimizer=train.make_optimizer(1e-3), key=kt, val_data=zte,
                 val_every=cfg["val_every"], checkpoint_every=cfg["val_every"], **tc,
             )  # fmt: skip

@@ -83,20 +83,11 @@ def train_one(path_name, args, key):
     loss = losses.get_loss("flow_matching", path=path)
     opt = train.make_optimizer(cfg["lr"], schedule="cosine", num_steps=cfg["steps"], warmup=200)
     res = _common.fit(
-        args,
-        f"{args.dataset}_{path_name}.eqx",
-        model,
-        loss,
-        data.sampler(args.dataset),
-        optimizer=opt,
-        key=fit_key,
-        num_steps=cfg["steps"],
-        batch_size=cfg["batch"],
-        steps_per_call=200,
-        val_data=data.sampler(args.dataset),
-        val_every=cfg["val_every"],
+        args, f"{args.dataset}_{path_name}.eqx", model, loss, data.sampler(args.dataset),
+        optimizer=opt, key=fit_key, num_steps=cfg["steps"], batch_size=cfg["batch"],
+        steps_per_call=200, val_data=data.sampler(args.dataset), val_every=cfg["val_every"],
         checkpoint_every=cfg["checkpoint_every"],
-    )
+    )  # fmt: skip
     return path, res
 
 
@@ -193,10 +184,6 @@ def _nfe_sentences(m):
     return [" ".join(out)] if out else []
 
 
-def _opt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def summary(m):
     f = m["floors"]
     lines = [
@@ -223,7 +210,7 @@ def summary(m):
             [
                 f"{r['field']} | {r['path']} | {r['solver']} | {r['n_t'] or 'adaptive'} | "
                 f"{r['nfe']} | {r['w2']:.4f} | {r['w2_over_floor']:.2f} | "
-                f"{_opt(r.get('w2_over_exact'), '.2f')} | {r['mmd']:.2e} | {f['mmd']:.2e}"
+                f"{_common.opt(r.get('w2_over_exact'), '.2f')} | {r['mmd']:.2e} | {f['mmd']:.2e}"
                 for r in m["rows"]
             ],
             "lllrrrrrrr",
@@ -240,8 +227,8 @@ def summary(m):
         f"(irreducible) | NFE to W2 <= 1.5 x floor: euler / {hi} / exact euler",
         [
             f"{name} | {t['seconds']:.1f} | {t['steps_per_second']:.0f} | "
-            f"{t['final_val_loss']:.4f} | {_opt(t.get('network_loss_50k'), '.4f')} | "
-            f"{_opt(t.get('irreducible_loss'), '.4f')} | {nfes(name)}"
+            f"{t['final_val_loss']:.4f} | {_common.opt(t.get('network_loss_50k'), '.4f')} | "
+            f"{_common.opt(t.get('irreducible_loss'), '.4f')} | {nfes(name)}"
             for name, t in m["training"].items()
         ],
         "lrrrrrl",

@@ -38,12 +38,7 @@ STUDY = "score_sde_2d"
 DATASET = "dog"
 DIFFUSION_PATHS = ("vp", "ve_t", "ve", "subvp")
 KINDS = ("denoiser", "eps", "score")
-LOSS = {
-    "denoiser": "denoiser",
-    "eps": "eps",
-    "score": "score_matching",
-    "velocity": "flow_matching",
-}
+LOSS = dict(denoiser="denoiser", eps="eps", score="score_matching", velocity="flow_matching")
 
 SETTINGS = dict(  # name=(full, --quick)
     width=(128, 64),
@@ -85,29 +80,19 @@ def parse_args(argv=None):
     )
     kind = _common.choice("kind", KINDS)
     p.add_argument("--kind", type=kind, default="eps", help=f"default network output ({KINDS})")
-    p.add_argument(
-        "--sigma-max",
-        type=_common.positive("sigma_max"),
-        help="sigma_max of the 've' path (library default when omitted)",
-    )
-    p.add_argument(
-        "--ve-scale",
-        type=_common.positive("ve_scale"),
-        default=8.0,
-        help="scale of the 've_t' path (g(s) = scale * s); p_0 has std scale/sqrt(3)",
-    )
+    pos = _common.positive
+    help_ = "sigma_max of the 've' path (library default when omitted)"
+    p.add_argument("--sigma-max", type=pos("sigma_max"), help=help_)
+    help_ = "scale of the 've_t' path (g(s) = scale * s); p_0 has std scale/sqrt(3)"
+    p.add_argument("--ve-scale", type=pos("ve_scale"), default=8.0, help=help_)
     count = _common.integer
     p.add_argument("--steps", type=count("steps"), help="training steps per model")
     p.add_argument("--sde-steps", type=count("sde_steps"), help="Euler-Maruyama steps (N)")
     p.add_argument("--ode-steps", type=count("ode_steps"), help="Euler steps of the PF-ODE")
-    p.add_argument(
-        "--snr", type=_common.positive("snr"), default=0.16, help="corrector signal-to-noise ratio"
-    )
-    p.add_argument(
-        "--adaptive",
-        type=_common.choices("adaptive solver", solve.ODE_SOLVERS),
-        help="adaptive ODE solvers (default tsit5,dopri5; --quick: tsit5)",
-    )
+    p.add_argument("--snr", type=pos("snr"), default=0.16, help="corrector signal-to-noise ratio")
+    help_ = "adaptive ODE solvers (default tsit5,dopri5; --quick: tsit5)"
+    solvers = _common.choices("adaptive solver", solve.ODE_SOLVERS)
+    p.add_argument("--adaptive", type=solvers, help=help_)
     _common.add_mmd_bandwidth(p)
     p.add_argument("--no-fm", action="store_true", help="skip the flow-matching comparison")
     args = p.parse_args(argv)
@@ -253,10 +238,6 @@ def plot_losses(histories, out):
 
 
 # ---------------------------------------------------------------------------------- report
-def _opt(v):
-    return "-" if v is None else f"{v:.1f}"
-
-
 def notes(rows, floors):
     """Observations computed from the table (so they stay true when the numbers change)."""
     out = []
@@ -280,8 +261,7 @@ def notes(rows, floors):
         out.append(line + ".")
     best_by_kind = {}
     for r in rows:
-        k = r["kind"]
-        best_by_kind[k] = min(best_by_kind.get(k, np.inf), r["w2"])
+        best_by_kind[r["kind"]] = min(best_by_kind.get(r["kind"], np.inf), r["w2"])
     if "denoiser" in best_by_kind and "eps" in best_by_kind:
         if best_by_kind["denoiser"] > best_by_kind["eps"]:
             out.append(
@@ -294,6 +274,10 @@ def notes(rows, floors):
 
 
 def summary(rows, floors, bandwidth, cfg, args, total):
+    opt, chosen = _common.opt, "median heuristic on real data"
+    if args.mmd_bandwidth:
+        chosen = "set by --mmd-bandwidth; the median heuristic, about 2.3 here, is too wide to see "
+        chosen += "the silhouette's detail"
     lines = [
         f"# {STUDY}: Gaussian -> dog, score SDE vs probability-flow ODE vs flow matching",
         "",
@@ -301,14 +285,8 @@ def summary(rows, floors, bandwidth, cfg, args, total):
         f"MLP {cfg['depth']} x {cfg['width']} (SiLU, sinusoidal time embedding), Adam, lr "
         f"{cfg['lr']:g} with cosine decay, {cfg['steps']} steps of batch {cfg['batch']} per model; "
         f"{cfg['n']} samples per sampler scored against {cfg['n']} held-out dog samples.",
-        f"MMD: squared, unbiased, RBF kernel of bandwidth {bandwidth:.4f}, fixed for every row ("
-        + (
-            "median heuristic on real data"
-            if not args.mmd_bandwidth
-            else "set by --mmd-bandwidth; the median heuristic, about 2.3 here, is too wide to see "
-            "the silhouette's detail"
-        )
-        + "). W2: exact, by optimal assignment.",
+        f"MMD: squared, unbiased, RBF kernel of bandwidth {bandwidth:.4f}, fixed for every row "
+        f"({chosen}). W2: exact, by optimal assignment.",
         "Train s: wall time of training (compile included). Sample s: warm wall time of one "
         "sampling call (compile s: extra time of the first call; --quick times one call "
         "and leaves it out). NFE: vector-field evaluations "
@@ -318,7 +296,7 @@ def summary(rows, floors, bandwidth, cfg, args, total):
             "model | sampler | train s | sample s | compile s | NFE | MMD | W2 | best val loss",
             [
                 f"{r['model']} | {r['sampler']} | {r['train_seconds']:.1f} | "
-                f"{r['sample_seconds']:.2f} | {_opt(r['compile_seconds'])} | {r['nfe']} | "
+                f"{r['sample_seconds']:.2f} | {opt(r['compile_seconds'], '.1f')} | {r['nfe']} | "
                 f"{r['mmd']:.5f} | {r['w2']:.4f} | {r['best_val_loss']:.4f}"
                 for r in rows
             ]
@@ -349,8 +327,7 @@ def summary(rows, floors, bandwidth, cfg, args, total):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = args.cfg
-    out = args.out
+    cfg, out = args.cfg, args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     key = jr.key(args.seed)
@@ -385,15 +362,10 @@ def main(argv=None):
             if not np.all(np.isfinite(x)):
                 print(f"  {sname}: non-finite samples", file=sys.stderr)
             row = dict(model=spec.name, path=spec.path_name, kind=spec.kind, sampler=sname)
-            row |= dict(
-                train_seconds=float(res.wall_seconds),
-                sample_seconds=warm,
-                compile_seconds=None if args.quick else max(first - warm, 0.0),
-                nfe=int(sol.nfe),
-                best_val_loss=best_val,
-                mmd_floor=floors["mmd"],
-                w2_floor=floors["w2"],
-            )
+            compile_s = None if args.quick else max(first - warm, 0.0)
+            row |= dict(train_seconds=float(res.wall_seconds), sample_seconds=warm)
+            row |= dict(compile_seconds=compile_s, nfe=int(sol.nfe), best_val_loss=best_val)
+            row |= dict(mmd_floor=floors["mmd"], w2_floor=floors["w2"])
             rows.append(row | _common.scored(jnp.asarray(x), real, bandwidth, floors))
             tqdm.write(_common.line(f"  {sname:42s}", rows[-1], floors))
 
@@ -406,12 +378,9 @@ def main(argv=None):
         x0_big = prior(spec, jr.fold_in(k_plot, i), 5000 if args.quick else 20_000, mu, var)
         file = out / f"fields_{spec.path_name}_{spec.kind}.png"
         plot_fields(spec, models[spec.name], x0_big, np.asarray(real), file)
-    np.savez_compressed(
-        out / "samples.npz",
-        real=np.asarray(real),
-        **{f"s{i}": v.astype(np.float32) for i, v in enumerate(samples.values())},
-        names=np.array(list(samples)),
-    )
+    arrays = {f"s{i}": v.astype(np.float32) for i, v in enumerate(samples.values())}
+    names = np.array(list(samples))
+    np.savez_compressed(out / "samples.npz", real=np.asarray(real), **arrays, names=names)
     total = time.perf_counter() - t_start
     best = min(rows, key=lambda r: r["w2"])
     result = dict(

@@ -26,6 +26,15 @@ def test_running_mean_exact():
         plotting.running_mean(x, 0)
 
 
+def test_ema_exact():
+    # s_{-1} = x_0 = 4; alpha = 1/2: s = 4, (4 + 0) / 2, (2 + 8) / 2.
+    np.testing.assert_allclose(plotting.ema([4.0, 0.0, 8.0], 0.5), [4.0, 2.0, 5.0])
+    np.testing.assert_array_equal(plotting.ema([1.0, 5.0], 1.0), [1.0, 5.0])
+    assert plotting.ema([], 0.1).shape == (0,)
+    with pytest.raises(ValueError, match="alpha"):
+        plotting.ema([1.0], 0.0)
+
+
 def test_loss_curve_draws_running_mean_and_validation(ax):
     history = dict(
         step=np.arange(1, 401),
