@@ -118,17 +118,9 @@ def grid_points(lim: float, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def chunked_log_prob(vf, x, chunk: int, **kw) -> tuple[np.ndarray, float]:
-    """``cnf.log_prob`` in fixed-size chunks (one compile for every array size)."""
-    x = np.asarray(x)
-    n = len(x)
-    pad = (-n) % chunk
-    xp = np.concatenate([x, x[:pad]]) if pad else x
-    out, nfes = [], []
-    for i in range(0, len(xp), chunk):
-        lp, nfe = cnf.log_prob(vf, jnp.asarray(xp[i : i + chunk]), **kw)
-        out.append(np.asarray(lp))
-        nfes.append(float(nfe))
-    return np.concatenate(out)[:n], float(np.mean(nfes))
+    """``cnf.log_prob_chunked`` (one compile for every size), log-densities as NumPy."""
+    lp, nfe = cnf.log_prob_chunked(vf, x, chunk_size=chunk, **kw)
+    return np.asarray(lp), nfe
 
 
 def heat(ax, values, lim, title, **kw):
@@ -366,32 +358,8 @@ def density_panels(name, runs, cfg, ev, out: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- 4. solvers
-def reference_log_prob_x64(model, x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Float64 reference: the model cast to float64, dopri8 at rtol = atol = 1e-12 per sample.
-
-    x64 is switched on only inside this function; results leave as NumPy float64 arrays.
-    """
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        m64 = jax.tree_util.tree_map(
-            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
-        )
-        lp, nfe = cnf.log_prob(
-            m64,
-            jnp.asarray(x, jnp.float64),
-            solver="dopri8",
-            rtol=1e-12,
-            atol=1e-12,
-            max_steps=16384,
-        )
-        return np.asarray(lp, np.float64), float(nfe)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 def solver_study(model, x, cfg, ev, key, out: Path, progress) -> dict:
-    ref, ref_nfe = reference_log_prob_x64(model, x)
+    ref, ref_nfe = cnf.reference_log_prob(model, x)  # float64, dopri8 at rtol = atol = 1e-12
     xj = jnp.asarray(x, jnp.float32)
     rows = []
     configs = [(s, "steps", n) for s in cfg["solvers"] for n in cfg["fixed_steps"]]
