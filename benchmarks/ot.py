@@ -1,4 +1,4 @@
-"""diffeqgen's own Sinkhorn (``_ot.py``, ``metrics.sinkhorn_divergence``) against ott-jax.
+"""Our Sinkhorn (``couplings.sinkhorn_log_plan``, ``metrics.sinkhorn_divergence``) vs ott-jax.
 
 Two workloads at batch 256 and 1024 (x0 ~ N(0, I) in 2D, x1 from ``8gaussians``), each one jitted
 function timed as the median of several runs after a warm-up, compile time (first call) reported
@@ -7,7 +7,7 @@ apart, every timer blocking on the result:
 1. **Minibatch-OT coupling** (what a training step of ``losses.interpolant_loss(coupling="ot")``
    or ``couplings.minibatch_ot()`` runs): the entropic plan at a final regulariser of 1% of the
    mean cost, then each source point draws its partner from its row. diffeqgen: 50 log-domain
-   iterations with epsilon scaling (``_ot.ot_pairing``). ott-jax ``Sinkhorn`` with the same
+   iterations with epsilon scaling (``couplings.ot_pairing``). ott-jax ``Sinkhorn`` with the same
    geometry (``relative_epsilon="mean"``): (a) the same budget and schedule, exactly 50
    iterations decaying epsilon geometrically from 100x to 1x over 30 iterations
    (``Epsilon(init=100, decay=0.01**(1/30))``); (b) ott's defaults (convergence threshold 1e-3,
@@ -40,7 +40,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from diffeqgen import data, metrics
-from diffeqgen._ot import _sq_cost, ot_pairing, sinkhorn_log_plan
+from diffeqgen.couplings import ot_pairing, sinkhorn_log_plan, squared_cost
 
 REL_EPS, ITERS, DIV_EPS = 0.01, 50, 0.05
 
@@ -107,7 +107,7 @@ def quality(log_p, x0, x1):
     """Expected pairing cost / exact assignment cost, and max relative column-sum error."""
     p = np.exp(np.asarray(log_p, np.float64))
     p = p / p.sum(1, keepdims=True) / p.shape[0]  # rows exactly 1/n, as the row draw uses them
-    c = np.asarray(_sq_cost(x0, x1), np.float64)
+    c = np.asarray(squared_cost(x0, x1), np.float64)
     r, cidx = linear_sum_assignment(c)
     n = c.shape[0]
     return float((p * c).sum() / c[r, cidx].mean()), float(np.abs(p.sum(0) * n - 1).max())
@@ -122,7 +122,7 @@ def coupling_rows(sizes, repeats, key):
         x1 = data.sample("8gaussians", k1, n)
         ours = jax.jit(lambda k, a, b: ot_pairing(k, a, b, epsilon=REL_EPS, num_iters=ITERS))
         first, med = timed(lambda ours=ours, x0=x0, x1=x1, kd=kd: ours(kd, x0, x1), repeats)
-        log_p = sinkhorn_log_plan(_sq_cost(x0, x1), epsilon=REL_EPS, num_iters=ITERS)
+        log_p = sinkhorn_log_plan(squared_cost(x0, x1), epsilon=REL_EPS, num_iters=ITERS)
         ratio, col = quality(log_p, x0, x1)
         rows.append(
             dict(

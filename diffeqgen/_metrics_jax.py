@@ -14,6 +14,7 @@ from jax.scipy.special import logsumexp as _jlogsumexp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_array, check_choice, check_int, check_positive, is_traced
+from ._ot import squared_cost
 
 __all__ = ["mmd_jax", "sinkhorn_divergence"]
 
@@ -31,12 +32,6 @@ def _jax_pair(x: Any, y: Any) -> tuple[Array, Array]:
         )
     dtype = jnp.result_type(a.dtype, b.dtype)
     return a.astype(dtype), b.astype(dtype)
-
-
-def _jax_sq_dists(a: Array, b: Array) -> Array:
-    """Squared Euclidean distances via ``|a|^2 + |b|^2 - 2 a.b`` (no (n, m, d) intermediate)."""
-    d2 = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
-    return jnp.maximum(d2, 0.0)
 
 
 def _positive_or_traced(name: str, value: Any) -> Any:
@@ -87,9 +82,9 @@ def mmd_jax(
         return jnp.sum(jnp.exp(d2[..., None] * scales))
 
     def within(p: Array) -> Array:  # zero self-distances exactly (rounding of |a|^2 + |a|^2 - 2a.a)
-        return jnp.where(jnp.eye(p.shape[0], dtype=bool), 0.0, _jax_sq_dists(p, p))
+        return jnp.where(jnp.eye(p.shape[0], dtype=bool), 0.0, squared_cost(p, p))
 
-    kxx, kyy, kxy = ksum(within(a)), ksum(within(b)), ksum(_jax_sq_dists(a, b))
+    kxx, kyy, kxy = ksum(within(a)), ksum(within(b)), ksum(squared_cost(a, b))
     if estimator == "unbiased":
         kxx, kyy = (kxx - n * hs.size) / (n * (n - 1)), (kyy - m * hs.size) / (m * (m - 1))
     else:
@@ -115,7 +110,7 @@ def _ot_eps(a: Array, b: Array, eps: Array, tol: float, max_iters: int, symmetri
     with one differentiable soft-min, whose gradient is the envelope-theorem gradient
     ``sum_ij P_ij dC_ij`` (exact at convergence; no backpropagation through the iterations).
     """
-    cost = _jax_sq_dists(a, b)
+    cost = squared_cost(a, b)
     c_fixed = jax.lax.stop_gradient(cost)
     eps_fixed = jax.lax.stop_gradient(eps)
     n, m = cost.shape

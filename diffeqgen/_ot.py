@@ -23,10 +23,16 @@ import jax.random as jr
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-__all__ = ["sinkhorn_log_plan", "ot_pairing"]
+__all__ = ["squared_cost", "sinkhorn_log_plan", "ot_pairing"]
 
 
-def _sq_cost(x0: Array, x1: Array) -> Array:
+def squared_cost(
+    x0: Float[Array, " n *event"], x1: Float[Array, " m *event"]
+) -> Float[Array, "n m"]:
+    """Squared Euclidean cost matrix ``C[i, j] = |x0_i - x1_j|^2`` (events flattened), >= 0.
+
+    Computed as ``|a|^2 + |b|^2 - 2 a.b`` (no ``(n, m, d)`` intermediate), clipped at 0.
+    """
     a = x0.reshape(x0.shape[0], -1)
     b = x1.reshape(x1.shape[0], -1)
     cost = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
@@ -92,5 +98,5 @@ def ot_pairing(
     expectation (each column of the plan sums to 1/n), so the coupling does not bias which targets
     are trained on.
     """
-    log_plan = sinkhorn_log_plan(_sq_cost(x0, x1), epsilon=epsilon, num_iters=num_iters)
+    log_plan = sinkhorn_log_plan(squared_cost(x0, x1), epsilon=epsilon, num_iters=num_iters)
     return jr.categorical(key, log_plan, axis=1)

@@ -48,7 +48,7 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._checks import check_array, check_choice, check_finite, check_int, check_positive
-from ._ot import ot_pairing
+from ._ot import ot_pairing, sinkhorn_log_plan, squared_cost
 
 __all__ = [
     "Coupling",
@@ -58,6 +58,9 @@ __all__ = [
     "minibatch_ot",
     "COUPLING_NAMES",
     "get_coupling",
+    "squared_cost",
+    "sinkhorn_log_plan",
+    "ot_pairing",
     "split_pairs",
     "pair_sampler",
     "reflow_pairs",

@@ -12,7 +12,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from diffeqgen import losses, nn, paths
-from diffeqgen._ot import _sq_cost, ot_pairing, sinkhorn_log_plan
+from diffeqgen.couplings import ot_pairing, sinkhorn_log_plan, squared_cost
 
 M = np.array([1.5, -0.5])  # data mean
 S = 0.7  # data standard deviation (per dimension), data N(M, S^2 I)
@@ -232,7 +232,7 @@ def test_ot_pairing_near_optimal_against_scipy(n, key):
     k0, k1, k2 = jr.split(jr.fold_in(key, n), 3)
     x0 = jr.normal(k0, (n, D))
     x1 = 0.5 * jr.normal(k1, (n, D)) + jnp.array([2.0, 0.0])
-    cost = np.asarray(_sq_cost(x0, x1), dtype=np.float64)
+    cost = np.asarray(squared_cost(x0, x1), dtype=np.float64)
     r, c = linear_sum_assignment(cost)
     optimum, independent = cost[r, c].sum(), np.trace(cost)
     plan = np.exp(np.asarray(jax.jit(sinkhorn_log_plan)(jnp.asarray(cost, jnp.float32))))
