@@ -32,6 +32,7 @@ import jax.random as jr
 import numpy as np
 
 from ._checks import check_array, check_int, check_positive
+from ._cnf_accuracy import error_vs_nfe, hutchinson_error
 from ._cnf_core import PROBES, TRACES, _base_log_prob, _default_base, _solve_augmented, _validate
 from ._conditioning import pack
 from ._types import Array, ArrayLike, Float, PRNGKeyArray, RealScalarLike
@@ -43,6 +44,8 @@ __all__ = [
     "log_prob",
     "log_prob_chunked",
     "reference_log_prob",
+    "error_vs_nfe",
+    "hutchinson_error",
     "sample_and_log_prob",
     "CNF",
     "nll_loss",
