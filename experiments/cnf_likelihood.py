@@ -66,46 +66,26 @@ SETTINGS = dict(  # name=(full, --quick)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add = p.add_argument
-    add(
+    p = _common.make_parser(__doc__, "cnf_likelihood")
+    p.add_argument(
         "--datasets",
         type=_common.choices("dataset", data.names()),
-        help="comma-separated 2D datasets for the maximum-likelihood CNF and flow matching "
-        "(default {}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
+        help="comma-separated 2D datasets for the ML CNF and flow matching (default "
+        "{}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
     )
-    add(
-        "--steps",
-        type=_common.integer("--steps"),
-        help="training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"]),
-    )
-    add(
+    steps = "training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"])
+    p.add_argument("--steps", type=_common.integer("--steps"), help=steps)
+    fixed = ("euler", "midpoint", "rk4", "heun")
+    adaptive = [s for s in solve.ODE_SOLVERS if s not in fixed]
+    p.add_argument(
         "--solver",
         default="dopri5",
-        help="adaptive solver of every likelihood evaluation "
-        "(default dopri5): one of " + ", ".join(solve.ODE_SOLVERS) + " with an error estimate",
+        help=f"adaptive solver of every likelihood evaluation: one of {', '.join(adaptive)}",
     )
-    for flag, what in (("rtol", "relative"), ("atol", "absolute")):
-        add(
-            f"--{flag}",
-            type=_common.positive(f"--{flag}"),
-            default=1e-6,
-            help=f"{what} tolerance of evaluations",
-        )
-    add(
-        "--seed",
-        type=_common.integer("--seed", minimum=0),
-        default=0,
-        help="seed of every PRNG key (default 0)",
-    )
-    add("--out", type=Path, default=Path("results/cnf_likelihood"), help="output folder")
-    add("--quick", action="store_true", help="tiny settings (< 1 min), for tests")
+    for flag in ("rtol", "atol"):
+        p.add_argument(f"--{flag}", type=_common.positive(f"--{flag}"), default=1e-6, help=flag)
     args = p.parse_args(argv)
-    fixed = ("euler", "midpoint", "rk4", "heun")
-    if args.solver not in solve.ODE_SOLVERS or args.solver in fixed:
-        adaptive = [s for s in solve.ODE_SOLVERS if s not in fixed]
+    if args.solver not in adaptive:
         p.error(f"unknown or non-adaptive --solver {args.solver!r}; expected one of {adaptive}")
     args.cfg = _common.config(args, SETTINGS, steps=args.steps)
     args.cfg["datasets"] = args.datasets or args.cfg["datasets"].split(",")
@@ -248,12 +228,14 @@ def known(fn, *args):
         return None
 
 
-def train_and_score(kind, name, cfg, ev, key, progress, test=None) -> dict:
+def train_and_score(args, kind, name, key, test=None) -> dict:
     """Train an ML CNF (``kind="ml"``) or a flow-matching model (``"fm"``) on ``name``; score it.
 
     Both are scored by the same exact likelihood on ``test`` (drawn here if None): the CNF as a
-    field, the flow-matching velocity through its probability-flow ODE.
+    field, the flow-matching velocity through its probability-flow ODE. Training checkpoints go
+    to ``--checkpoints`` as ``<kind>_<name>.eqx`` (``--resume`` continues from them).
     """
+    cfg, ev = args.cfg, args.ev
     model_key, train_key, test_key, val_key, sample_key = jr.split(key, 5)
     if kind == "ml":
         model = cnf.CNF(2, width=64, depth=3, activation="tanh", key=model_key)
@@ -276,7 +258,9 @@ def train_and_score(kind, name, cfg, ev, key, progress, test=None) -> dict:
         loss = losses.get_loss("flow_matching", path=path)
         opt = train.make_optimizer(2e-3, schedule="cosine", num_steps=max(steps, 2))
         kw = dict(steps_per_call=min(500, steps), ema_decay=0.999)
-    res = train.fit(
+    res = _common.fit(
+        args,
+        f"{kind}_{name}.eqx",
         model,
         loss,
         data.sampler(name),
@@ -284,7 +268,6 @@ def train_and_score(kind, name, cfg, ev, key, progress, test=None) -> dict:
         key=train_key,
         num_steps=steps,
         batch_size=256,
-        progress=progress,
         **kw,
     )
     field = (
@@ -396,25 +379,20 @@ def solver_study(model, x, cfg, ev, key, out: Path) -> dict:
 
 # ------------------------------------------------------------------------------- the report
 def fmt(v, spec=".3f"):
-    return "n/a" if v is None else format(v, spec)
-
-
-def setting(r):
-    return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+    return _common.opt(v, spec, none="n/a")
 
 
 def headlines(m: dict) -> list[str]:
     """Bullet points with the numbers a reader looks for first."""
-    lin, tanh, sol = m["linear_map"], m["tanh_flow"], m["solver_study"]
-    worst = max(r["max_abs_log_error"] for r in tanh["times"])
-    floor = min(r["tv_hist_exact"] for r in tanh["times"])
+    lin, times, sol = m["linear_map"], m["tanh_flow"]["times"], m["solver_study"]
     out = [
         f"- Linear map: max |log p error| {lin['max_abs_error']:.1e} "
         f"({'meets' if lin['passed'] else 'misses'} the 1e-4 float32 target).",
-        f"- tanh(z^3) flow: CNF log-density within {worst:.1e} of the exact 1D change of "
-        f"variables for t <= 0.5; TV(CNF, exact) <= "
-        f"{max(r['tv_cnf_exact'] for r in tanh['times']):.0e}, far below the histogram "
-        f"noise floor TV(hist, exact) >= {floor:.2f}.",
+        f"- tanh(z^3) flow: CNF log-density within "
+        f"{max(r['max_abs_log_error'] for r in times):.1e} of the exact 1D change of variables "
+        f"for t <= 0.5; TV(CNF, exact) <= {max(r['tv_cnf_exact'] for r in times):.0e}, far "
+        f"below the histogram noise floor TV(hist, exact) >= "
+        f"{min(r['tv_hist_exact'] for r in times):.2f}.",
     ]
     for ds, r in m["datasets"].items():
         c, f = r["ml_cnf"], r["flow_matching"]
@@ -427,37 +405,37 @@ def headlines(m: dict) -> list[str]:
         )
     for solver in dict.fromkeys(r["solver"] for r in sol["rows"]):
         ok = [r for r in sol["rows"] if r["solver"] == solver and r["nfe"]]
-        good = [r for r in ok if r["mean_abs_error"] < 1e-4]
-        best = min(good, key=lambda r: r["nfe"]) if good else None
-        out.append(
-            f"- {solver}: "
-            + (
-                f"mean error < 1e-4 nats from {best['nfe']:.0f} NFE "
-                f"({best['mode']}={best['value']})"
-                if best
-                else "never reaches 1e-4 nats mean error in the tested range"
-            )
-            + f"; best {min(r['mean_abs_error'] for r in ok):.1e} (float32 floor)."
-        )
+        best = min((r for r in ok if r["mean_abs_error"] < 1e-4), key=lambda r: r["nfe"], default=0)
+        reach = "never reaches 1e-4 nats mean error in the tested range"
+        if best:
+            reach = f"mean error < 1e-4 nats from {best['nfe']:.0f} NFE "
+            reach += f"({best['mode']}={best['value']})"
+        floor = min(r["mean_abs_error"] for r in ok)
+        out.append(f"- {solver}: {reach}; best {floor:.1e} (float32 floor).")
     h = sol["hutchinson"]
-    out.append(
-        "- Hutchinson: std per point "
-        + ", ".join(f"{x['std']:.3f} ({x['num_probes']} probes)" for x in h)
-        + "; bias "
-        + ", ".join(f"{x['bias']:+.4f} +- {fmt(x['bias_se'], '.4f')}" for x in h)
-        + " (unbiased within noise; std ~ 1/sqrt(probes))."
-    )
+    stds = ", ".join(f"{x['std']:.3f} ({x['num_probes']} probes)" for x in h)
+    bias = ", ".join(f"{x['bias']:+.4f} +- {fmt(x['bias_se'], '.4f')}" for x in h)
+    why = "unbiased within noise; std ~ 1/sqrt(probes)"
+    out.append(f"- Hutchinson: std per point {stds}; bias {bias} ({why}).")
     return out
 
 
 def write_summary(m: dict, out: Path) -> str:
-    lin, tanh, sol = m["linear_map"], m["tanh_flow"], m["solver_study"]
+    lin, tanh, sol, e = m["linear_map"], m["tanh_flow"], m["solver_study"], m["eval"]
+
+    def setting(r):
+        return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+
+    def nll(r):
+        nll_se = f"{r['test_nll']:.3f} +- {r['test_nll_se']:.3f}"
+        return f"{nll_se} | {fmt(r['gap'], '+.3f')} | {r['nfe']:.0f} | {r['train_seconds']:.0f}"
+
     lines = [
         "# CNF likelihoods (`experiments/cnf_likelihood.py`)",
         "",
         f"Command: `{m['command']}`; wall time {m['wall_seconds']:.0f} s. Every likelihood is",
-        f"`diffeqgen.cnf.log_prob` ({m['eval']['solver']}, rtol {m['eval']['rtol']:g}, "
-        f"atol {m['eval']['atol']:g}, per-sample error control, exact trace unless stated).",
+        f"`diffeqgen.cnf.log_prob` ({e['solver']}, rtol {e['rtol']:g}, atol {e['atol']:g}, "
+        "per-sample error control, exact trace unless stated).",
         "",
         "## Headlines",
         *headlines(m),
@@ -494,10 +472,7 @@ def write_summary(m: dict, out: Path) -> str:
         *_common.table(
             "dataset | entropy | ML CNF NLL | gap | NFE | train s | FM NLL | gap | NFE | train s",
             [
-                f"{ds} | {fmt(c['entropy'])} | {c['test_nll']:.3f} +- {c['test_nll_se']:.3f} | "
-                f"{fmt(c['gap'], '+.3f')} | {c['nfe']:.0f} | {c['train_seconds']:.0f} | "
-                f"{f['test_nll']:.3f} +- {f['test_nll_se']:.3f} | {fmt(f['gap'], '+.3f')} | "
-                f"{f['nfe']:.0f} | {f['train_seconds']:.0f}"
+                f"{ds} | {fmt(c['entropy'])} | {nll(c)} | {nll(f)}"
                 for ds, c, f in (
                     (d, r["ml_cnf"], r["flow_matching"]) for d, r in m["datasets"].items()
                 )
@@ -513,8 +488,8 @@ def write_summary(m: dict, out: Path) -> str:
             [
                 f"{r['solver']} | {setting(r)} | failed | {r['failed'][:60]} |"
                 if r["nfe"] is None
-                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | "
-                f"{r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e}"
+                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | "
+                f"{r['max_abs_error']:.2e}"
                 for r in sol["rows"]
             ],
         ),
@@ -543,7 +518,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg, out, t_start = args.cfg, args.out, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)
+    ev = args.ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)
     keys = dict(zip(("tanh", "ml", "fm", "hutch"), jr.split(jr.key(args.seed), 4), strict=True))
     command = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     m = dict(command=command, quick=args.quick, seed=args.seed, eval=ev, config=cfg, timings={})
@@ -558,16 +533,9 @@ def main(argv=None) -> dict:
         return result
 
     def train_all(kind):
+        test = {ds: None if kind == "ml" else runs[ds]["ml"]["test"] for ds in cfg["datasets"]}
         return {
-            ds: train_and_score(
-                kind,
-                ds,
-                cfg,
-                ev,
-                jr.fold_in(keys[kind], i),
-                True,
-                None if kind == "ml" else runs[ds]["ml"]["test"],
-            )
+            ds: train_and_score(args, kind, ds, jr.fold_in(keys[kind], i), test[ds])
             for i, ds in enumerate(cfg["datasets"])
         }
 

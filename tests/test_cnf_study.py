@@ -30,7 +30,8 @@ def load_study():
 @pytest.mark.slow
 def test_quick_study_writes_its_files(tmp_path):
     out = tmp_path / "cnf"
-    proc = run_script(SCRIPT, "--quick", "--out", str(out))
+    ck = tmp_path / "checkpoints"
+    proc = run_script(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in FILES:
         assert (out / name).is_file(), name
@@ -41,6 +42,7 @@ def test_quick_study_writes_its_files(tmp_path):
         assert row["max_abs_log_error"] < 1e-3
     assert set(m["datasets"]) == {"8gaussians"}
     assert "ML CNF" in (out / "summary.md").read_text()
+    assert sorted(p.name for p in ck.iterdir()) == ["fm_8gaussians.eqx", "ml_8gaussians.eqx"]
 
 
 @pytest.mark.parametrize(
@@ -77,5 +79,7 @@ def test_help_documents_every_flag(capsys):
         "--seed",
         "--out",
         "--quick",
+        "--checkpoints",
+        "--resume",
     ):
         assert flag in out
