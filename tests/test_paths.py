@@ -68,8 +68,9 @@ def test_derivatives_match_autodiff(path, x64):
 def test_diffusion_satisfies_forward_variance_identity(path, x64):
     """g is the diffusion of the linear SDE whose conditional marginals are N(alpha x1, sigma^2).
 
-    For dx = (alpha'/alpha) x dt + g dW (run either way in t), the conditional variance obeys
-    d(sigma^2)/dt = 2 (alpha'/alpha) sigma^2 - g^2; alpha' and (sigma^2)' by autodiff of the
+    In classic time s = 1 - t the forward SDE dx = (d log alpha / ds) x ds + g dW has
+    conditional variance with d(sigma^2)/ds = 2 (d log alpha / ds) sigma^2 + g^2, i.e. in t:
+    d(sigma^2)/dt = 2 (alpha'/alpha) sigma^2 - g^2. alpha' and (sigma^2)' by autodiff of the
     path's own alpha and sigma, so no closed form is compared with itself.
     """
     t = jnp.asarray(INTERIOR, dtype=jnp.float64)
