@@ -20,6 +20,7 @@ from . import (
     paths,
     plotting,
     sdes,
+    sharding,
     solve,
     train,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "paths",
     "plotting",
     "sdes",
+    "sharding",
     "solve",
     "train",
 ]
