@@ -27,7 +27,12 @@ def _run_quick(name, tmp_path):
 
 
 def test_every_benchmark_is_tested():
-    assert {p.stem for p in BENCHMARKS.glob("*.py")} == {"ot", "solver_accuracy", "throughput"}
+    assert {p.stem for p in BENCHMARKS.glob("*.py")} == {
+        "ot",
+        "scaling",
+        "solver_accuracy",
+        "throughput",
+    }
 
 
 @pytest.mark.slow
@@ -67,3 +72,15 @@ def test_throughput_quick(tmp_path):
     lik = res["likelihood"]
     # Same field, same tolerance: per-sample and batched error control need similar work.
     assert 10 < lik["per_sample"]["nfe"] < 1000 and 10 < lik["batched"]["nfe"] < 1000
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path):
+    res = _run_quick("scaling", tmp_path)
+    assert res["devices"] == [1, 2]
+    kinds = {(r["workload"], r["devices"]) for r in res["rows"]}
+    assert kinds == {(w, d) for w in ("training", "sampling", "likelihood") for d in (1, 2)}
+    for r in res["rows"]:
+        assert r["per_second"] > 0 and r["seconds_min"] <= r["seconds"] <= r["seconds_max"]
+    assert (tmp_path / "scaling_quick.png").stat().st_size > 0
+    assert "not real speed-ups" in (tmp_path / "scaling_quick.md").read_text()

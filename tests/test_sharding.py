@@ -86,18 +86,3 @@ def test_fit_refuses_a_batch_axis_without_a_mesh():
             batch_axis="data",
             progress=False,
         )
-
-
-@pytest.mark.slow
-def test_scaling_benchmark_quick(tmp_path):
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
-    proc = run_script(bench, "--quick", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "scaling_quick.json").read_text())
-    assert res["devices"] == [1, 2]
-    kinds = {(r["workload"], r["devices"]) for r in res["rows"]}
-    assert kinds == {(w, d) for w in ("training", "sampling", "likelihood") for d in (1, 2)}
-    for r in res["rows"]:
-        assert r["per_second"] > 0 and r["seconds_min"] <= r["seconds"] <= r["seconds_max"]
-    assert (tmp_path / "scaling_quick.png").stat().st_size > 0
-    assert "not real speed-ups" in (tmp_path / "scaling_quick.md").read_text()
