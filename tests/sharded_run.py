@@ -17,11 +17,12 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 import functools  # noqa: E402
 import shutil  # noqa: E402
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import diffeqgen as dg  # noqa: E402
 
@@ -35,8 +36,8 @@ def sampler(key, n):
     return dg.data.sample("moons", key, n)
 
 
-def run(num_steps, **kw):
-    model = dg.nn.MLP(2, 2, width=16, depth=2, key=jr.key(0))
+def run(num_steps, model=None, **kw):
+    model = dg.nn.MLP(2, 2, width=16, depth=2, key=jr.key(0)) if model is None else model
     opt = dict(optimizer=OPT, key=jr.key(1), batch_size=64, steps_per_call=10, progress=False)
     return dg.train.fit(model, LOSS, sampler, num_steps=num_steps, **(opt | kw))
 
@@ -51,6 +52,21 @@ if mode == "compare":
     out["loss_one"] = one.history["loss"].tolist()
     out["loss_mesh"] = more.history["loss"].tolist()
     out["param_sharding"] = str(jax.tree_util.tree_leaves(many.model)[0].sharding.spec)
+    # The user shards the weights whose rows divide over the devices; fit keeps that placement.
+    split = NamedSharding(mesh, PartitionSpec("data"))
+
+    def place(a):
+        big = eqx.is_array(a) and a.ndim == 2 and a.shape[0] % devices == 0
+        return jax.device_put(a, split) if big else a
+
+    user = run(
+        30,
+        model=jax.tree_util.tree_map(place, dg.nn.MLP(2, 2, width=16, depth=2, key=jr.key(0))),
+        mesh=mesh,
+    )
+    out["loss_user_sharded"] = user.history["loss"].tolist()
+    specs = [str(a.sharding.spec) for a in jax.tree_util.tree_leaves(user.model) if a.ndim == 2]
+    out["user_specs"] = specs
     try:
         run(1, mesh=mesh, batch_size=66)
     except ValueError as err:

@@ -39,6 +39,13 @@ def test_training_on_four_devices_follows_the_one_device_run(four):
     assert out["param_sharding"] == "P()"  # replicated parameters
 
 
+def test_parameters_the_user_sharded_stay_sharded(four):
+    out, _ = four
+    # MLP 2 -> 16 -> 16 -> 2: the two weights with 16 rows were split over the 4 devices.
+    assert out["user_specs"].count("P('data',)") == 2, out["user_specs"]
+    np.testing.assert_allclose(out["loss_user_sharded"], out["loss_one"], rtol=1e-5)
+
+
 def test_samplers_and_likelihoods_keep_the_batch_split_and_the_numbers(four):
     out, _ = four
     assert out["x0_sharding"] == "P('data',)"
