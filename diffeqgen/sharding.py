@@ -17,9 +17,11 @@ compiler's GSPMD partitioning), not on a scheme of its own. Two rules cover ever
   the same code runs on one device unchanged. Checkpoints hold host arrays, so a run written on
   four devices resumes on one (or eight).
 
-Several hosts (``jax.distributed.initialize()`` on each process before any other JAX call, then a
-``Mesh`` over ``jax.devices()``, which lists every host's devices): samplers and ``fit`` are the
-same SPMD programs. A sampler passed to ``fit`` runs inside the compiled step from the shared key,
+Several hosts (``jax.distributed.initialize()`` on each process before any JAX computation;
+importing diffeqgen starts no backend, so it may come after the import; then a ``Mesh`` over
+``jax.devices()``, which lists every host's devices): samplers and ``fit`` are the same SPMD
+programs (tested with two processes of two CPU devices each, CPU collectives by gloo:
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``). A sampler passed to ``fit`` runs inside the compiled step from the shared key,
 so every host draws the same global batch and keeps its own shard; a finite dataset must be
 present on every host. Checkpoints are gathered to every process and written by process 0 only.
 On one machine, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` emulates N CPU devices

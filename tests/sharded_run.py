@@ -5,6 +5,9 @@ Usage: python sharded_run.py DEVICES CHECKPOINT MODE, MODE one of
              unsharded, write a checkpoint from the sharded run at step 20 (kept as
              CHECKPOINT.step20) and continue it to step 30 on the mesh; report differences.
   "resume":  continue CHECKPOINT to step 30 on this process's devices with no mesh.
+  "host:I:P:PORT": process I of P processes (jax.distributed over localhost:PORT, CPU collectives
+             by gloo), each with DEVICES devices: train 20 steps on the mesh of all P * DEVICES
+             devices, checkpoint to CHECKPOINT (written by process 0).
 """
 
 import json
@@ -26,7 +29,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import diffeqgen as dg  # noqa: E402
 
-assert len(jax.devices()) == devices, jax.devices()
+if mode.startswith("host:"):
+    process, processes, port = map(int, mode.split(":")[1:])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=processes, process_id=process)
+    assert jax.process_count() == processes and jax.local_device_count() == devices
+else:
+    assert len(jax.devices()) == devices, jax.devices()
 PATH = dg.paths.get_path("linear")
 LOSS = functools.partial(dg.losses.flow_matching_loss, path=PATH)
 OPT = dg.train.make_optimizer(3e-3)
@@ -87,6 +96,10 @@ if mode == "compare":
             max_diff=float(jnp.max(jnp.abs(plain - sharded))),
             sharding=str(sharded.sharding.spec),
         )
+elif mode.startswith("host:"):
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    out["process"], out["global_devices"] = jax.process_index(), jax.device_count()
+    out["loss"] = run(20, mesh=mesh, checkpoint=checkpoint).history["loss"].tolist()
 else:
     resumed = run(30, checkpoint=checkpoint, resume=True)
     out["loss_resumed"] = resumed.history["loss"].tolist()

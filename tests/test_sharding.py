@@ -5,6 +5,9 @@ devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is fixed when J
 """
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -66,6 +69,38 @@ def test_a_four_device_checkpoint_resumes_on_one_device(four):
     loss = np.asarray(resumed["loss_resumed"])
     assert np.array_equal(loss[:20], np.asarray(out["loss_mesh"][:20], np.float32))
     np.testing.assert_allclose(loss[20:], out["loss_mesh"][20:], rtol=1e-5)
+
+
+def test_two_processes_train_as_one_program(four, tmp_path):
+    """Multi-host on one machine: 2 processes x 2 devices under jax.distributed (gloo)."""
+    out, _ = four
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    checkpoint = tmp_path / "hosts.eqx"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "2", str(checkpoint), f"host:{i}:2:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        assert proc.returncode == 0, stderr[-3000:]
+        (line,) = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+        results.append(json.loads(line[len("RESULT ") :]))
+    assert sorted(r["process"] for r in results) == [0, 1]
+    for r in results:
+        assert r["global_devices"] == 4
+        np.testing.assert_allclose(r["loss"], out["loss_one"][:20], rtol=1e-5)
+    # Written once (by process 0), and it resumes in a single process on one device.
+    resumed = result(1, checkpoint, "resume")
+    assert resumed["step"] == 30
+    assert np.array_equal(resumed["loss_resumed"][:20], np.float32(results[0]["loss"]))
 
 
 def test_shard_batch_checks_its_input():
