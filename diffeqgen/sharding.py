@@ -21,9 +21,10 @@ Several hosts (``jax.distributed.initialize()`` on each process before any JAX c
 importing diffeqgen starts no backend, so it may come after the import; then a ``Mesh`` over
 ``jax.devices()``, which lists every host's devices): samplers and ``fit`` are the same SPMD
 programs (tested with two processes of two CPU devices each, CPU collectives by gloo:
-``jax.config.update("jax_cpu_collectives_implementation", "gloo")``). A sampler passed to ``fit`` runs inside the compiled step from the shared key,
-so every host draws the same global batch and keeps its own shard; a finite dataset must be
-present on every host. Checkpoints are gathered to every process and written by process 0 only.
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``). A sampler passed to
+``fit`` runs inside the compiled step from the shared key, so every host draws the same global
+batch and keeps its own shard; a finite dataset must be present on every host. Checkpoints are
+gathered to every process and written by process 0 only.
 On one machine, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` emulates N CPU devices
 (set before JAX starts): that checks correctness and shows overheads, not speed-ups, since the
 emulated devices share the same cores.
