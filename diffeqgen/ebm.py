@@ -41,10 +41,10 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from . import nn
 from ._checks import check_int, check_nonnegative, check_positive
 from ._conditioning import batched, one_sample, pack
+from ._samplers import langevin_mcmc
 from ._solvers import Solution, _check_x0
 from ._types import RealScalarLike
 from .losses import split_batch
-from ._samplers import langevin_mcmc
 
 __all__ = [
     "EnergyModel",
@@ -122,7 +122,7 @@ def energy_mlp(
     return EnergyModel(net, time_conditioned=time_conditioned)
 
 
-def with_buffer(model: EnergyModel, x0: Float[ArrayLike, "capacity *event"]) -> EnergyModel:
+def with_buffer(model: EnergyModel, x0: Float[ArrayLike, " capacity *event"]) -> EnergyModel:
     """``model`` with a [`ReplayBuffer`][] of persistent chains started at ``x0``.
 
     Args:
@@ -154,12 +154,12 @@ def _labels(params):
 
 
 def with_replay(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Optimiser for a model with a replay buffer: ``optimizer`` on the parameters, and the
-    buffer replaced by the chains' new states.
+    """Optimiser for a model with a replay buffer: ``optimizer`` plus the buffer's update.
 
-    The buffer's gradient from [`ebm_loss`][] is the change of the chains' states, applied as
-    the update (so ``buffer + update`` is the new state, to rounding); every other parameter
-    goes through ``optimizer``. A model without a buffer trains exactly as with ``optimizer``.
+    ``optimizer`` updates the energy's parameters; the buffer is replaced by the chains' new
+    states: its gradient from [`ebm_loss`][] is the change of the chains' states, applied as
+    the update (so ``buffer + update`` is the new state, to rounding). A model
+    without a buffer trains exactly as with ``optimizer``.
 
     Args:
         optimizer: Any ``optax.GradientTransformation`` (e.g. ``dg.train.make_optimizer``).
