@@ -71,7 +71,9 @@ class ReplayBuffer(eqx.Module):
 class EnergyModel(eqx.Module):
     """An energy ``E(t, x, args)`` whose call is the score ``-grad_x E`` (one sample).
 
-    Args:
+    Construct as ``EnergyModel(net, time_conditioned=False, buffer=None)``.
+
+    Attributes:
         net: The energy network. With ``time_conditioned=False`` it is called as ``net(x)``
             (e.g. ``dg.nn.EnergyMLP``); with ``time_conditioned=True`` as ``net(t, x, args)``
             (e.g. ``dg.nn.MLP(d, 1)``, noise- or class-conditioned). It returns a scalar or an
