@@ -71,7 +71,7 @@ class ReplayBuffer(eqx.Module):
 class EnergyModel(eqx.Module):
     """An energy ``E(t, x, args)`` whose call is the score ``-grad_x E`` (one sample).
 
-    Construct as ``EnergyModel(net, time_conditioned=False, buffer=None)``.
+    Construct as ``EnergyModel(net, time_conditioned=False, base_std=None, buffer=None)``.
 
     Attributes:
         net: The energy network. With ``time_conditioned=False`` it is called as ``net(x)``
@@ -79,12 +79,21 @@ class EnergyModel(eqx.Module):
             (e.g. ``dg.nn.MLP(d, 1)``, noise- or class-conditioned). It returns a scalar or an
             array of shape ``(1,)``.
         time_conditioned: Whether ``net`` takes ``(t, x, args)``.
+        base_std: If given, ``|x|^2 / (2 base_std^2)`` is added to the network's energy: the
+            model is a tilt of the base N(0, base_std^2 I), so its density decays off the data
+            however the network extrapolates (a network alone is often flat far from the data,
+            where Langevin chains then wander off).
         buffer: Optional [`ReplayBuffer`][] of persistent chains (see [`with_buffer`][]).
     """
 
     net: Any
     time_conditioned: bool = eqx.field(static=True, default=False)
+    base_std: float | None = eqx.field(static=True, default=None)
     buffer: ReplayBuffer | None = None
+
+    def __check_init__(self):
+        if self.base_std is not None:
+            check_positive("base_std", self.base_std)
 
     def energy(self, t: RealScalarLike, x: Float[Array, " *event"], args: Any = None) -> Array:
         """Energy ``E(t, x, args)`` of one sample, a scalar (the density is ``∝ exp(-E)``)."""
@@ -94,7 +103,10 @@ class EnergyModel(eqx.Module):
                 f"the energy network must return a scalar or shape (1,) on one sample, got "
                 f"shape {tuple(out.shape)} (x has shape {tuple(jnp.shape(x))})"
             )
-        return out.reshape(())
+        out = out.reshape(())
+        if self.base_std is not None:
+            out = out + 0.5 * jnp.sum(jnp.square(x)) / self.base_std**2
+        return out
 
     def __call__(
         self, t: RealScalarLike, x: Float[Array, " *event"], args: Any = None
@@ -110,18 +122,20 @@ def energy_mlp(
     depth: int = 3,
     activation: str = "silu",
     time_conditioned: bool = False,
+    base_std: float | None = None,
     key: PRNGKeyArray,
 ) -> EnergyModel:
     """An [`EnergyModel`][] on ``R^in_size`` built on ``dg.nn.EnergyMLP``.
 
     With ``time_conditioned=True`` the network is ``dg.nn.MLP(in_size, 1)`` with a sinusoidal
-    embedding of ``t`` (a noise-conditioned energy).
+    embedding of ``t`` (a noise-conditioned energy). ``base_std`` adds the confining
+    ``|x|^2 / (2 base_std^2)`` (see [`EnergyModel`][]).
     """
     if time_conditioned:
         net = nn.MLP(in_size, 1, width=width, depth=depth, activation=activation, key=key)
     else:
         net = nn.EnergyMLP(in_size, width=width, depth=depth, activation=activation, key=key)
-    return EnergyModel(net, time_conditioned=time_conditioned)
+    return EnergyModel(net, time_conditioned=time_conditioned, base_std=base_std)
 
 
 def with_buffer(model: EnergyModel, x0: Float[ArrayLike, " capacity *event"]) -> EnergyModel:
@@ -138,7 +152,9 @@ def with_buffer(model: EnergyModel, x0: Float[ArrayLike, " capacity *event"]) ->
     if not isinstance(model, EnergyModel):
         raise TypeError(f"model must be an EnergyModel, got {type(model).__name__}")
     x0 = _check_x0(x0)
-    return EnergyModel(model.net, model.time_conditioned, ReplayBuffer(x0))
+    return EnergyModel(
+        model.net, model.time_conditioned, base_std=model.base_std, buffer=ReplayBuffer(x0)
+    )
 
 
 def _apply_delta() -> optax.GradientTransformation:

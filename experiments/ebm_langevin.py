@@ -41,7 +41,7 @@ STUDY = "ebm_langevin"
 DATASETS = ("8gaussians", "pinwheel")
 LIM = 4.5  # plotting box and grid normalisation box [-LIM, LIM]^2 (both sets lie well inside)
 SETTINGS = dict(  # name=(full, --quick)
-    width=(128, 32),
+    width=(64, 32),
     depth=(3, 2),
     steps=(4000, 150),
     batch=(256, 128),
@@ -50,6 +50,7 @@ SETTINGS = dict(  # name=(full, --quick)
     k_train=(20, 10),
     h_train=(0.01, 0.01),
     alpha=(0.1, 0.1),
+    base_std=(3.0, 3.0),
     n=(2000, 500),
     mala_steps=(1000, 100),
     h_mala=(0.05, 0.05),
@@ -76,7 +77,9 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------- 1. trained EBMs
 def train_ebm(name, cfg, args, key):
     k_model, k_buf, k_fit = jr.split(key, 3)
-    net = ebm.energy_mlp(2, width=cfg["width"], depth=cfg["depth"], key=k_model)
+    net = ebm.energy_mlp(
+        2, width=cfg["width"], depth=cfg["depth"], base_std=cfg["base_std"], key=k_model
+    )
     model = ebm.with_buffer(net, jr.uniform(k_buf, (cfg["buffer"], 2), minval=-LIM, maxval=LIM))
     loss = partial(
         ebm.ebm_loss, step_size=cfg["h_train"], num_steps=cfg["k_train"], alpha=cfg["alpha"],
@@ -176,7 +179,7 @@ def gradient_cost(model, cfg, key):
 
 def without_buffer(model):
     """The energy without its replay buffer (short-run chains start from noise)."""
-    return ebm.EnergyModel(model.net, model.time_conditioned)
+    return ebm.EnergyModel(model.net, model.time_conditioned, base_std=model.base_std)
 
 
 def flat(tree):
@@ -253,7 +256,8 @@ def summary(m, cfg, args):
         "",
         f"Seed {args.seed}, {'quick' if args.quick else 'full'} run, {m['total_seconds']:.0f} s "
         f"in all (2 shared CPU cores). EnergyMLP {cfg['depth']} x {cfg['width']} (SiLU), "
-        f"{cfg['steps']} Adam steps (lr {cfg['lr']:g}, clip 1) of batch {cfg['batch']}, "
+        f"plus |x|^2 / (2 * {cfg['base_std']:g}^2) (confining base), {cfg['steps']} Adam "
+        f"steps (lr {cfg['lr']:g}, clip 1) of batch {cfg['batch']}, "
         f"persistent chains: replay buffer of {cfg['buffer']}, {cfg['k_train']} ULA steps of "
         f"h = {cfg['h_train']:g} per update, 5% restarts from uniform noise, energy regulariser "
         f"alpha = {cfg['alpha']:g}. Samples: {cfg['n']} fresh MALA chains from uniform noise on "

@@ -66,6 +66,14 @@ def test_energy_model_score_is_minus_grad_energy():
     # the time argument reaches a conditioned energy, and is ignored by an unconditioned one
     assert not np.allclose(cond.energy(0.1, x), cond.energy(0.9, x))
     assert net.energy(0.1, x) == net.energy(0.9, x)
+    # a confining base adds |x|^2 / (2 s^2) to the energy and -x / s^2 to the score
+    based = ebm.EnergyModel(net.net, base_std=2.0)
+    np.testing.assert_allclose(
+        based.energy(1.0, x), net.energy(1.0, x) + jnp.sum(x**2) / 8, rtol=1e-6
+    )
+    np.testing.assert_allclose(based(1.0, x, None), net(1.0, x, None) - x / 4, rtol=1e-5)
+    with pytest.raises(ValueError, match="base_std"):
+        ebm.EnergyModel(net.net, base_std=-1.0)
     bad = ebm.EnergyModel(lambda x: jnp.stack([x.sum(), x.sum()]))
     with pytest.raises(ValueError, match="scalar"):
         bad.energy(1.0, x)
