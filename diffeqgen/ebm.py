@@ -362,7 +362,7 @@ def ebm_loss(
     num_steps: int = 20,
     num_chains: int | None = None,
     sampler: str = "ula",
-    alpha: RealScalarLike = 0.1,
+    alpha: RealScalarLike = 0.0,
     init_scale: RealScalarLike = 4.0,
     reinit: RealScalarLike = 0.05,
     t: RealScalarLike = 1.0,
@@ -388,7 +388,10 @@ def ebm_loss(
         num_chains: Number of chains (model samples); default the batch size. With a buffer,
             at most its capacity.
         sampler: "ula" or "mala".
-        alpha: Energy-magnitude regulariser weight, >= 0.
+        alpha: Energy-magnitude regulariser weight, >= 0 (0: none). It also pulls the energy of
+            far-out model samples towards 0, which can dig spurious wells beyond the data
+            (results/ebm_langevin); a confining ``base_std`` (see [`EnergyModel`][]) bounds the
+            energy without it.
         init_scale: Half-width of the uniform noise the chains start from, > 0.
         reinit: Probability in [0, 1] that a persistent chain restarts from noise.
         t: Time at which the energy is taken.
