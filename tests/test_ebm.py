@@ -79,6 +79,7 @@ def test_energy_model_score_is_minus_grad_energy():
         bad.energy(1.0, x)
 
 
+@pytest.mark.slow
 def test_langevin_reaches_gaussian_mean_and_covariance():
     """ULA (dg.solve.langevin_mcmc) on the EnergyModel's score: N(m, (P - h P^2/2)^{-1})."""
     h, n = 0.05, 20_000
@@ -89,6 +90,7 @@ def test_langevin_reaches_gaussian_mean_and_covariance():
     assert sol.nfe == 300
 
 
+@pytest.mark.slow
 def test_mala_exact_where_ula_is_biased():
     """1-D N(m, s^2): at h = s^2 / 2 ULA's variance is s^2 / (1 - 1/4) = 4/3 s^2; MALA's s^2."""
     m, s2, h, n, steps = 0.7, 1.0, 0.5, 20_000, 200
@@ -117,6 +119,7 @@ def test_mala_exact_where_ula_is_biased():
     assert np.mean(np.asarray(small.num_accepted)) / 20 > 0.99
 
 
+@pytest.mark.slow
 def test_mala_2d_covariance_jit_vmap_and_cond():
     h, n = 0.3, 10_000
     model = quadratic_model()
@@ -180,6 +183,7 @@ def test_ebm_surrogate_gradient_matches_formula(x64):
     np.testing.assert_allclose(np.tril(g0.chol), np.tril(nll_l), atol=0.03)
 
 
+@pytest.mark.slow
 def test_ebm_loss_langevin_gradient_near_nll_gradient():
     """ebm_loss with long ULA chains (small h) on a quadratic energy: the NLL gradient."""
     model = quadratic_model()
@@ -211,6 +215,7 @@ _PERSISTENT_LOSS = functools.partial(ebm.ebm_loss, step_size=0.05, num_steps=5, 
 _PERSISTENT_OPT = ebm.with_replay(dg.train.make_optimizer(1e-3, grad_clip=1.0))
 
 
+@pytest.mark.slow
 def test_persistent_chains_update_buffer_and_resume_bit_exactly(tmp_path):
     net = ebm.energy_mlp(2, width=16, depth=2, key=jr.key(21))
     x0 = jr.uniform(jr.key(22), (64, 2), minval=-4, maxval=4)
