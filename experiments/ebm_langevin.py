@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from diffeqgen import data, ebm, groundtruth, metrics, paths, plotting, sdes, solve, train  # noqa: E402
@@ -163,14 +164,15 @@ def plot_ebms(plots, out):
 def gradient_cost(model, cfg, key):
     """Variance and warm wall time of one short-run ebm_loss gradient (fixed data batch)."""
     batch = data.sample("8gaussians", key, cfg["batch"])
-    energy = without_buffer(model)
+    # the energy without its replay buffer (short-run chains start from noise)
+    energy = ebm.EnergyModel(model.net, model.time_conditioned, base_std=model.base_std)
     rows = []
     for k in cfg["k_grad"]:
         for m in cfg["chains"]:
             loss = partial(ebm.ebm_loss, step_size=cfg["h_train"], num_steps=k, num_chains=m,
                            alpha=cfg["alpha"], init_scale=LIM)  # fmt: skip
-            grad = jax.jit(lambda mod, kk, loss=loss: flat(jax.grad(
-                lambda mm: loss(mm, kk, batch)[0])(mod)))  # fmt: skip
+            grad = jax.jit(lambda mod, kk, loss=loss: ravel_pytree(jax.grad(
+                lambda mm: loss(mm, kk, batch)[0])(mod))[0])  # fmt: skip
             keys = jr.split(jr.fold_in(key, 1000 * k + m), cfg["grad_repeats"])
             grad(energy, keys[0]).block_until_ready()  # compile
             t = time.perf_counter()
@@ -179,15 +181,6 @@ def gradient_cost(model, cfg, key):
             var = float(np.sum(np.var(gs, axis=0, ddof=1)))
             rows.append(dict(chains=m, steps=k, grad_var=var, seconds=seconds))
     return rows
-
-
-def without_buffer(model):
-    """The energy without its replay buffer (short-run chains start from noise)."""
-    return ebm.EnergyModel(model.net, model.time_conditioned, base_std=model.base_std)
-
-
-def flat(tree):
-    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
 
 
 def plot_gradient(rows, out):
