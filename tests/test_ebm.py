@@ -236,3 +236,19 @@ def test_persistent_chains_update_buffer_and_resume_bit_exactly(tmp_path):
     # the energy parameters trained; the buffer moved away from its start
     assert not np.allclose(np.asarray(full.model.net.layers[0].weight), net.net.layers[0].weight)
     assert np.mean(np.any(np.asarray(full.model.buffer.x) != np.asarray(x0), axis=1)) > 0.5
+
+
+def test_with_replay_without_buffer_is_the_plain_optimizer():
+    """Short-run chains (no buffer): with_replay(opt) trains exactly as opt."""
+    net = ebm.energy_mlp(2, width=8, depth=2, key=jr.key(30))
+    loss = functools.partial(ebm.ebm_loss, step_size=0.05, num_steps=3)
+    opt = dg.train.make_optimizer(1e-3)
+    kw = dict(key=jr.key(31), num_steps=2, batch_size=16, steps_per_call=2, progress=False)
+    data = dg.data.sampler("8gaussians")
+    a = dg.train.fit(net, loss, data, optimizer=opt, **kw)
+    b = dg.train.fit(net, loss, data, optimizer=ebm.with_replay(opt), **kw)
+    assert_trees_equal(a.model, b.model)
+    with pytest.raises(TypeError, match="optimizer"):
+        ebm.with_replay("adam")
+    with pytest.raises(TypeError, match="EnergyModel"):
+        ebm.with_buffer(net.net, jnp.zeros((4, 2)))
