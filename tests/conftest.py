@@ -34,6 +34,25 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Test modules whose tests run a whole study (a subprocess each, 20-50 s on a quiet machine),
+# longest first. They run before everything else so that the two xdist workers finish together
+# (a long test picked up last would leave one worker idle); whole modules move, so module-scoped
+# fixtures are still set up once.
+_LONG_MODULES = (
+    "test_cnf_study.py",
+    "test_studies_diffusion.py",
+    "test_studies_fm.py",
+    "test_reflow_study.py",
+    "test_conditional_study.py",
+    "test_readme.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
+
 @pytest.fixture
 def key():
     return jr.key(0)

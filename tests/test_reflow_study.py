@@ -38,12 +38,13 @@ def check_quality(r):
     Calibrated on a known-good quick run (seed 0; floor W2 0.447 +- 0.141 at n = 300): teacher
     (tsit5) W2 1.71 x floor, its 1-step Euler map 1.04 RMS from its own endpoint; the reflowed
     student's 1-step W2 1.49 x floor, map RMS 0.243, path deviation 0.011 against the teacher's
-    0.562. With both networks trained 60 instead of 300 steps: BROKEN.
+    0.562. With the student trained 210 steps instead of 300 (a broken run): map RMS 0.459, path
+    deviation 0.044; with the teacher trained 210 steps, its tsit5 W2 is 1.91 x floor.
     """
     floor = r["floors"]["w2"]
     teacher, student = ({x["nfe"]: x for x in r["rows"][k]} for k in ("teacher", "reflow"))
     adaptive = r["rows"]["teacher"][3]
-    assert adaptive["w2"] < 2.0 * floor, adaptive  # the teacher learned the data
+    assert adaptive["w2"] < 1.85 * floor, adaptive  # the teacher learned the data
     assert student[1]["w2"] < 1.8 * floor, student[1]  # one Euler step after one reflow
     # The student's one step lands near the teacher's own endpoint (same noise), far nearer than
     # the teacher's one step, and its paths are nearly straight (Liu et al.'s S).

@@ -61,7 +61,8 @@ def check_fm2d_quality(m):
     Calibrated on a known-good quick run (seed 0, 400 steps, n = 300, floor W2 0.574 from one
     pair): with tsit5 the networks score W2 0.85 (linear) and 0.72 (cosine) x floor, where the
     exact marginal field from the same noise scores 0.52; their CFM loss on 50k draws is 0.30 and
-    0.28 above the exact field's (the irreducible loss). Trained 100 steps: BROKEN.
+    0.28 above the exact field's (the irreducible loss). Trained 250 steps instead of 400 (a broken
+    run): W2 1.41 x floor (linear), 2.7 x the exact field's, loss excess 0.67.
     """
     tsit5 = {(r["path"], r["field"]): r for r in m["rows"] if r["solver"] == "tsit5"}
     for path in ("linear", "cosine"):
@@ -108,12 +109,14 @@ def check_cat_to_dog_quality(m):
 
     Calibrated on a known-good quick run (seed 0, 300 steps, n = 300, floor W2 0.388 from one
     pair): tsit5 W2 1.70 (independent) and 1.67 (OT) x floor; OT's single Euler step 1.58 x;
-    OT kinetic excess 0.009 against the independent coupling's 1.40. Trained 75 steps: BROKEN.
+    OT kinetic excess 0.009 against the independent coupling's 1.40. With the OT pairing skipped
+    (a broken run) OT's single Euler step scores 3.9 x floor and its kinetic excess is 1.38;
+    trained at a fifth of the learning rate, the independent coupling's tsit5 W2 is 1.94 x floor.
     """
     rows = {(r["coupling"], r["solver"], r["nfe"] if r["solver"] == "euler" else 0): r
             for r in m["rows"]}  # fmt: skip
     for c in ("independent", "ot"):
-        assert rows[(c, "tsit5", 0)]["w2_over_floor"] < 2.0, rows[(c, "tsit5", 0)]
+        assert rows[(c, "tsit5", 0)]["w2_over_floor"] < 1.85, rows[(c, "tsit5", 0)]
     assert rows[("ot", "euler", 1)]["w2_over_floor"] < 1.9, rows[("ot", "euler", 1)]
     assert m["per_coupling"]["ot"]["kinetic_excess"] < 0.05, m["per_coupling"]["ot"]
 
