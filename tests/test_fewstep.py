@@ -343,3 +343,30 @@ def test_bad_arguments_are_named():
         solve.DPMSolverPP(4)
     with pytest.raises(ValueError, match="order"):
         solve.UniPC(3)
+
+
+# ------------------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.slow
+def test_solver_accuracy_fewstep_quick(tmp_path, monkeypatch):
+    """benchmarks/solver_accuracy.py --quick --part fewstep runs and writes sane numbers."""
+    import json
+    import pathlib
+
+    from helpers import run_ok
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # this checkout's diffeqgen in the subprocess
+    script = root / "benchmarks" / "solver_accuracy.py"
+    run_ok(script, "--quick", "--part", "fewstep", "--out", str(tmp_path), timeout=900)
+    out = json.loads((tmp_path / "solver_accuracy_fewstep.json").read_text())
+    assert (tmp_path / "solver_accuracy_fewstep.png").exists()
+    for path_name in ("linear", "vp"):
+        res = out["fewstep"][path_name]
+        assert res["euler1000"] > 0 and res["headline"]["euler"] == 1000
+        names = {r["solver"] for r in res["trajectory"] if r["kind"] == "fewstep"}
+        assert names == set(solve.FEWSTEP_SAMPLERS)
+        for r in res["trajectory"]:
+            assert math.isfinite(r["rms_err"]) and r["nfe"] >= 1
+        assert all(math.isfinite(r["moment_err"]) for r in res["distribution"])
