@@ -14,9 +14,19 @@ The target is the 2D Gaussian mixture ``data.mixture("mixture")`` carried along 
    against the mixture's exact moments (a weak error), beside its Monte Carlo floor (the same
    error for exact samples of the same size), against NFE.
 
-Runs in float64. Writes ``results/benchmarks/solver_accuracy.{json,png,md}`` (or into ``--out``).
-``--quick`` (the test): one step count, tolerance and SDE setting for one solver of each kind,
-written as ``solver_accuracy_quick.*`` so that it never overwrites the full results.
+4. **Few-step samplers against every ODE solver** (``sample_ode(solver="dpm++2m", grid=...)``)
+   on the linear and the VP path: the trajectory error (RMS distance of the endpoints to the
+   float64 dopri8 solution at tolerance 1e-12 from the same noise) against NFE from 1 to 1000,
+   and the smallest NFE at which each reaches the trajectory error of Euler with 1000 steps
+   (the headline; goal <= 20 NFE). Each few-step sampler runs on the uniform-in-t grid at every
+   NFE and on its own default grid (log-SNR; Karras for EDM Heun) at a few NFE.
+5. **Distribution error** of the few-step samples: the moment error as in 3, at n = 100000
+   samples (its Monte Carlo floor is then ~0.005, where at n = 2000 W2 cannot rank samplers).
+
+Runs in float64. Writes ``results/benchmarks/solver_accuracy.{json,png,md}`` (1-3) and
+``solver_accuracy_fewstep.{json,png,md}`` (4-5), or into ``--out``; ``--part`` runs either alone.
+``--quick`` (the tests): one setting per solver kind and one NFE per few-step sampler, written as
+``*_quick.*`` so that it never overwrites the full results.
 """
 
 import argparse
@@ -60,6 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=None, help="points per measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/benchmarks"))
+    p.add_argument(
+        "--part",
+        choices=["all", "classic", "fewstep"],
+        default="all",
+        help="studies 1-3 (classic), 4-5 (fewstep) or both",
+    )
     return p.parse_args(argv)
 
 
@@ -126,6 +142,173 @@ def sde_study(mixture, path, key, n, steps_list, solvers):
                 )
             )
     return rows, floor
+
+
+FEWSTEP = list(solve.FEWSTEP_SAMPLERS)
+TWO_EVAL = {"dpm++2s", "edm_heun"}
+FEW_PATHS = ["linear", "vp"]
+
+
+def _rms(a, b):
+    return float(jnp.sqrt(jnp.mean(jnp.sum((a - b) ** 2, axis=-1))))
+
+
+def _default_grid(name):
+    return "karras" if name == "edm_heun" else "logsnr"
+
+
+def trajectory_study(mixture, path_name, x0, nfe_targets, sparse_targets, generic_steps, generic):
+    """Endpoint RMS error against the float64 dopri8 reference (tol 1e-12), every solver."""
+    path = paths.get_path(path_name)
+    field = groundtruth.velocity_field(mixture, path)
+    ref = solve.sample_ode(field, x0, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
+    rows = []
+    for name in generic:
+        for steps in generic_steps:
+            sol = solve.sample_ode(field, x0, solver=name, steps=steps)
+            if sol.nfe > 1100:
+                break
+            rows.append(
+                dict(solver=name, grid="uniform", steps=steps, nfe=int(sol.nfe),
+                     rms_err=_rms(sol.x, ref), kind="generic")
+            )  # fmt: skip
+    for name in FEWSTEP:
+        for grid, targets in (("uniform", nfe_targets), (_default_grid(name), sparse_targets)):
+            for target in targets:
+                steps = max(1, round(target / 2)) if name in TWO_EVAL else target
+                steps = max(1, steps - 1) if name == "dpm++3m" and target > 2 else steps
+                sol = solve.sample_ode(field, x0, solver=name, steps=steps, grid=grid)
+                rows.append(
+                    dict(solver=name, grid=grid, steps=steps, nfe=int(sol.nfe),
+                         rms_err=_rms(sol.x, ref), kind="fewstep")
+                )  # fmt: skip
+    return rows
+
+
+def headline(rows):
+    """Smallest measured NFE at which each (solver, grid) reaches Euler-1000's error."""
+    target = [r["rms_err"] for r in rows if r["solver"] == "euler" and r["steps"] == 1000]
+    if not target:
+        return None, {}
+    target = target[0]
+    best = {}
+    for r in rows:
+        label = f"{r['solver']} ({r['grid']})" if r["kind"] == "fewstep" else r["solver"]
+        best.setdefault(label, None)
+        if r["rms_err"] <= target and (best[label] is None or r["nfe"] < best[label]):
+            best[label] = r["nfe"]
+    return target, best
+
+
+def distribution_study(mixture, path_name, key, n, nfe_list, both_grids, floor_reps=3):
+    """Moment error (as in the SDE study) of n few-step samples against the exact mixture."""
+    path = paths.get_path(path_name)
+    field = groundtruth.velocity_field(mixture, path)
+    k_x0, k_floor = jr.split(key)
+    x0 = jr.normal(k_x0, (n, mixture.dim)) * path.sigma(0.0)
+    floor = float(
+        np.mean([moment_error(mixture.sample(jr.fold_in(k_floor, r), n), mixture)
+                 for r in range(floor_reps)])
+    )  # fmt: skip
+    rows = []
+    for steps in nfe_list:
+        sol = solve.sample_ode(field, x0, solver="euler", steps=steps)
+        rows.append(dict(solver="euler", grid="uniform", nfe=int(sol.nfe),
+                         moment_err=moment_error(sol.x, mixture)))  # fmt: skip
+    for name in FEWSTEP:
+        for grid in ("uniform", _default_grid(name)) if both_grids else ("uniform",):
+            for target in nfe_list:
+                steps = max(1, round(target / 2)) if name in TWO_EVAL else target
+                sol = solve.sample_ode(field, x0, solver=name, steps=steps, grid=grid)
+                rows.append(dict(solver=name, grid=grid, nfe=int(sol.nfe),
+                                 moment_err=moment_error(sol.x, mixture)))  # fmt: skip
+    return rows, floor
+
+
+def plot_fewstep(few, file):
+    fig, axes = plt.subplots(1, len(few), figsize=(7.5 * len(few), 5.2))
+    axes = np.atleast_1d(axes)
+    for ax, (path_name, res) in zip(axes, few.items(), strict=True):
+        rows = res["trajectory"]
+        for name in FIXED_SOLVERS:
+            r = [q for q in rows if q["solver"] == name and q["kind"] == "generic"]
+            ax.loglog([q["nfe"] for q in r], [max(q["rms_err"], 1e-16) for q in r], ":",
+                      lw=1, color="0.6" if name != "euler" else "k", label=None)  # fmt: skip
+        for name in FEWSTEP:
+            for grid, style in (("uniform", "o-"), (_default_grid(name), "x--")):
+                r = [q for q in rows if q["solver"] == name and q["grid"] == grid
+                     and q["kind"] == "fewstep"]  # fmt: skip
+                ax.loglog([q["nfe"] for q in r], [max(q["rms_err"], 1e-16) for q in r], style,
+                          ms=3, label=f"{name} ({grid})")  # fmt: skip
+        if res["euler1000"] is not None:
+            ax.axhline(res["euler1000"], color="k", ls="-.", lw=0.8, label="Euler-1000 error")
+        ax.axvline(20, color="r", ls=":", lw=0.8, label="NFE 20")
+        ax.set(
+            xlabel="NFE per sample",
+            ylabel="RMS endpoint error vs dopri8 (tol 1e-12)",
+            title=f"{path_name} path, exact mixture field (grey: generic RK solvers)",
+        )
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(file, dpi=90)
+    plt.close(fig)
+
+
+def fewstep_summary(few, n_traj, n_dist):
+    lines = [
+        "",
+        "## Few-step samplers against every ODE solver: trajectory error against NFE",
+        "",
+        f"RMS endpoint distance to the float64 dopri8 solution (tolerance 1e-12) from the same "
+        f"{n_traj} noise samples, exact mixture field. Figure: `solver_accuracy_fewstep.png`.",
+        "",
+        "### Headline: smallest measured NFE reaching Euler-1000's trajectory error",
+        "",
+        "| solver (grid) | " + " | ".join(few) + " |",
+        "|---|" + "---|" * len(few),
+    ]
+    labels = []
+    for res in few.values():
+        labels += [k for k in res["headline"] if k not in labels]
+    for label in labels:
+        cells = []
+        for res in few.values():
+            v = res["headline"].get(label)
+            cells.append("-" if v is None else str(v))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| (Euler-1000 error) | "
+        + " | ".join(f"{res['euler1000']:.2e}" for res in few.values())
+        + " |"
+    )
+    for path_name, res in few.items():
+        lines += [
+            "",
+            f"### {path_name} path: every measurement",
+            "",
+            "| solver | grid | steps | NFE | RMS error |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['solver']} | {r['grid']} | {r['steps']} | {r['nfe']} | {r['rms_err']:.2e} |"
+            for r in res["trajectory"]
+        ]
+        lines += [
+            "",
+            f"### {path_name} path: distribution error (n = {n_dist})",
+            "",
+            f"|mean err| + |cov err|_F against the exact moments; Monte Carlo floor "
+            f"{res['dist_floor']:.4f} (exact samples, same n).",
+            "",
+            "| solver | grid | NFE | moment error | / floor |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['solver']} | {r['grid']} | {r['nfe']} | {r['moment_err']:.4f} | "
+            f"{r['moment_err'] / res['dist_floor']:.2f} |"
+            for r in res["distribution"]
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def plot(lik, samp, sde_rows, floor, path):
@@ -224,10 +407,9 @@ def summary(lik, samp, sde_rows, floor, n, seconds, figure="solver_accuracy.png"
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    n = args.n or (64 if args.quick else 1000)
+def classic(args, n, keys, mixture):
+    """Studies 1-3 (linear path): writes solver_accuracy[_quick].{json,md,png}."""
+    k_data, k_noise, k_sde = keys
     steps_list = [4] if args.quick else [2, 4, 8, 16, 32, 64, 128, 256]
     tols = [1e-3] if args.quick else [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10]
     sde_steps = [10] if args.quick else [10, 20, 40, 100, 250, 1000]
@@ -235,9 +417,6 @@ def main(argv=None):
     adaptive = ["tsit5"] if args.quick else ADAPTIVE_SOLVERS
     sde_solvers = ["euler_maruyama"] if args.quick else SDE_SOLVERS
     name = "solver_accuracy_quick" if args.quick else "solver_accuracy"
-    key = jr.key(args.seed)
-    k_data, k_noise, k_sde = jr.split(key, 3)
-    mixture = data.mixture("mixture")
     path = paths.get_path("linear")
     field = groundtruth.velocity_field(mixture, path)
     start = time.perf_counter()
@@ -265,6 +444,64 @@ def main(argv=None):
     (args.out / f"{name}.md").write_text(text)
     plot(lik, samp, sde_rows, floor, args.out / f"{name}.png")
     print(text)
+
+
+def fewstep(args, n, keys, mixture):
+    """Studies 4-5 (linear and VP paths): writes solver_accuracy_fewstep.{json,md,png}."""
+    _, k_noise, k_sde = keys
+    if args.quick:  # one point per sampler: exercises every code path
+        nfe_targets, sparse, generic_steps = [6], [], [1, 1000]
+        generic, n_dist, dist_nfe = ["euler", "rk4"], 2000, [6]
+    else:
+        nfe_targets = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100, 1000]
+        sparse, generic_steps = [10, 20], [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
+        generic, n_dist, dist_nfe = FIXED_SOLVERS, 100_000, [10]
+    name = "solver_accuracy_fewstep_quick" if args.quick else "solver_accuracy_fewstep"
+    start = time.perf_counter()
+    few = {}
+    x0_traj = jr.normal(jr.fold_in(k_noise, 1), (n, 2))
+    for i, path_name in enumerate(FEW_PATHS):
+        t = time.perf_counter()
+        traj = trajectory_study(
+            mixture, path_name, x0_traj, nfe_targets, sparse, generic_steps, generic
+        )
+        target, best = headline(traj)
+        dist, dist_floor = distribution_study(
+            mixture, path_name, jr.fold_in(k_sde, 100 + i), n_dist, dist_nfe, not args.quick
+        )
+        few[path_name] = dict(
+            trajectory=traj, euler1000=target, headline=best, distribution=dist,
+            dist_floor=dist_floor, n_dist=n_dist,
+        )  # fmt: skip
+        print(f"few-step, {path_name}: {time.perf_counter() - t:.0f} s", flush=True)
+    seconds = time.perf_counter() - start
+    (args.out / f"{name}.json").write_text(
+        json.dumps(
+            dict(n=n, n_dist=n_dist, fewstep=few, seconds=seconds, machine=platform.machine()),
+            indent=1,
+        )
+    )
+    head = (
+        "# Few-step samplers: NFE against accuracy (exact Gaussian-mixture field, float64)\n\n"
+        f"{seconds:.0f} s on {platform.machine()} with {jax.device_count()} CPU device(s), "
+        "on a machine shared with other jobs (times are not benchmarks).\n"
+    )
+    text = head + fewstep_summary(few, n, n_dist)
+    (args.out / f"{name}.md").write_text(text)
+    plot_fewstep(few, args.out / f"{name}.png")
+    print(text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    n = args.n or (64 if args.quick else 1000)
+    keys = jr.split(jr.key(args.seed), 3)
+    mixture = data.mixture("mixture")
+    if args.part in ("all", "classic"):
+        classic(args, n, keys, mixture)
+    if args.part in ("all", "fewstep"):
+        fewstep(args, n, keys, mixture)
 
 
 if __name__ == "__main__":

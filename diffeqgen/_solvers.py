@@ -244,9 +244,11 @@ class Solution(eqx.Module):
         nfe: vector-field (drift, network) evaluations actually made per sample, rejected
             adaptive steps included. Batched solves evaluate the field on the whole batch
             ``nfe`` times. With ``per_sample=True`` each sample has its own count; ``nfe`` is
-            the maximum (the number of batched evaluations a vmapped solve runs) and
-            ``nfe_per_sample`` holds all of them. A Python int after an eager call, a traced
-            integer inside ``jit``; ``None`` for a user solver whose cost is unknown.
+            the maximum (the number of batched evaluations a vmapped solve runs, what the
+            batch costs), ``nfe_mean`` the mean and ``nfe_per_sample`` holds all of them. A
+            Python int after an eager call, a traced integer inside ``jit``; ``None`` for a
+            user solver whose cost is unknown. The same meaning everywhere: see the docs
+            section "Counting NFE".
         num_steps: attempted steps (accepted + rejected); max over samples if per-sample.
         num_accepted: accepted steps.
         num_rejected: rejected steps (0 for fixed steps).
@@ -261,6 +263,14 @@ class Solution(eqx.Module):
     num_accepted: int | Array | None = None
     num_rejected: int | Array | None = None
     nfe_per_sample: Array | None = None
+
+    @property
+    def nfe_mean(self) -> float | int | Array | None:
+        """Mean NFE per sample: ``mean(nfe_per_sample)`` for per-sample solves, else ``nfe``."""
+        if self.nfe_per_sample is None:
+            return self.nfe
+        mean = jnp.mean(jnp.asarray(self.nfe_per_sample, jnp.float32))
+        return float(mean) if _concrete(mean) is not None else mean
 
 
 # ------------------------------------------------------------- validation shared by samplers

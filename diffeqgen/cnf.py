@@ -112,9 +112,11 @@ def log_prob(
             raises an error instead of returning a partial answer.
 
     Returns:
-        ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the mean number of evaluations of the
+        ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the number of evaluations of the
         augmented field per sample (rejected adaptive steps included; each evaluation is one
-        vector-field evaluation plus its Jacobian-vector products).
+        vector-field evaluation plus its Jacobian-vector products). With per-sample adaptive
+        steps it is the max over samples, the evaluations the vmapped solve makes, as
+        ``solve.Solution.nfe`` (docs: "Counting NFE").
 
     Raises:
         ValueError: unknown solver/trace/probe, tolerances <= 0, ``t0 >= t1``, a missing key for
@@ -192,7 +194,8 @@ def log_prob_chunked(
 
     Returns:
         ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the mean over chunks of each
-        chunk's mean NFE per sample (padding rows included), as a Python float.
+        chunk's NFE (per sample, the max over the chunk's samples, padding rows included;
+        see [`log_prob`][]), as a Python float.
     """
     x = check_array("x", x, min_ndim=2)
     chunk_size = check_int("chunk_size", chunk_size)
@@ -251,8 +254,8 @@ def reference_log_prob(
             ``cond``, ``trace``, ...).
 
     Returns:
-        ``(log_p, nfe)``: NumPy float64 log-densities of shape ``(n,)`` and the mean NFE per
-        sample as a Python float.
+        ``(log_p, nfe)``: NumPy float64 log-densities of shape ``(n,)`` and the NFE per
+        sample (the max over samples, see [`log_prob`][]) as a Python float.
     """
     x = check_array("x", x, min_ndim=2)
 

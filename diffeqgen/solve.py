@@ -23,10 +23,21 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import ArrayLike, Float
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_positive
 from ._conditioning import Unbatched, guided, in_axes, pack
+from ._fewstep import (
+    FEWSTEP_SAMPLERS,
+    GRIDS,
+    DPMSolverPP,
+    EDMHeun,
+    FewStepSampler,
+    UniPC,
+    is_fewstep,
+    sample_fewstep,
+    time_grid,
+)
 from ._samplers import (
     annealed_langevin,
     ddim_sample,
@@ -75,6 +86,13 @@ __all__ = [
     "predictor_corrector",
     "annealed_langevin",
     "guided",
+    "FEWSTEP_SAMPLERS",
+    "GRIDS",
+    "FewStepSampler",
+    "DPMSolverPP",
+    "UniPC",
+    "EDMHeun",
+    "time_grid",
 ]
 
 
@@ -118,7 +136,7 @@ def sample_ode(
     *,
     t0: RealScalarLike = 0.0,
     t1: RealScalarLike = 1.0,
-    solver: str | dfx.AbstractSolver = "tsit5",
+    solver: str | dfx.AbstractSolver | FewStepSampler = "tsit5",
     steps: int | None = None,
     rtol: RealScalarLike = 1e-5,
     atol: RealScalarLike = 1e-5,
@@ -127,6 +145,9 @@ def sample_ode(
     cond: Any = None,
     per_sample: bool = False,
     max_steps: int = 4096,
+    grid: str | None = None,
+    path: Any = None,
+    key: PRNGKeyArray | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = vector_field(t, x, args)`` for a batch of samples from t0 to t1.
 
@@ -137,7 +158,10 @@ def sample_ode(
         x0: initial batch ``(n, *event)`` at time ``t0`` (noise at t0 = 0 for generation).
         t0: start time.
         t1: end time; ``t1 < t0`` integrates backward (data -> noise).
-        solver: a name from ``ODE_SOLVERS`` or a ``diffrax.AbstractSolver``.
+        solver: a name from ``ODE_SOLVERS`` or a ``diffrax.AbstractSolver``; or a few-step
+            sampler for Gaussian paths, a name from ``FEWSTEP_SAMPLERS`` or a
+            ``FewStepSampler`` (``DPMSolverPP``, ``UniPC``, ``EDMHeun``), which needs
+            ``steps`` and the field's path and runs on the time grid ``grid``.
         steps: a fixed number of equal steps, or ``None`` for adaptive steps (PID controller).
         rtol: relative tolerance of the adaptive controller (ignored with ``steps``).
         atol: absolute tolerance of the adaptive controller (ignored with ``steps``).
@@ -150,6 +174,12 @@ def sample_ode(
             has its own step sizes and error control (the default measures the error as an
             RMS over the whole batch, which does not bound each sample).
         max_steps: step budget of an adaptive solve; reaching it raises ``RuntimeError``.
+        grid: few-step samplers only: a name from ``GRIDS`` (``time_grid``); default the
+            sampler's own (``"logsnr"``; ``"karras"`` for ``EDMHeun``).
+        path: few-step samplers only: the ``GaussianPath`` of the field; default
+            ``vector_field.path`` (fields from ``paths.as_vector_field`` and
+            ``groundtruth.velocity_field`` carry it).
+        key: few-step samplers only: PRNG key of a stochastic sampler (``EDMHeun(churn>0)``).
 
     Returns:
         ``Solution`` with ``x`` ``(n, *event)`` at t1, ``ts``/``xs`` ``(len(ts), n, *event)``
@@ -160,6 +190,17 @@ def sample_ode(
             shape differs from one sample's shape.
         RuntimeError: an adaptive solve reached ``max_steps`` (or failed otherwise).
     """
+    if is_fewstep(solver):
+        return sample_fewstep(
+            vector_field, x0, solver=solver, t0=t0, t1=t1, steps=steps, grid=grid, path=path,
+            key=key, saveat=saveat, args=args, cond=cond,
+        )  # fmt: skip
+    for name, value in (("grid", grid), ("path", path), ("key", key)):
+        if value is not None:
+            raise ValueError(
+                f"{name}= is used by the few-step samplers ({', '.join(FEWSTEP_SAMPLERS)}) only, "
+                f"not by solver {_solver_label(solver)!r}"
+            )
     solver_obj = get_solver(solver, "ode")
     x0 = _check_x0(x0)
     args = pack(args, cond, x0.shape[0], "sample_ode")

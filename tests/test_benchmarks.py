@@ -12,6 +12,8 @@ import pathlib
 import pytest
 from helpers import run_ok
 
+from diffeqgen.solve import FEWSTEP_SAMPLERS
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS.parent / "results" / "benchmarks"
 
@@ -48,6 +50,17 @@ def test_solver_accuracy_quick(tmp_path):
     # The generative SDE with exact v, s: moment error within 3x its Monte Carlo floor.
     for row in res["sde"]:
         assert 0 < row["moment_err"] < 3 * res["sde_floor"], row
+    # Part 2, the few-step samplers (RMS endpoint error against the float64 dopri8 reference):
+    # every sampler ran on both paths, Euler-1000's error is the headline's target, all finite.
+    few = json.loads((tmp_path / "solver_accuracy_fewstep_quick.json").read_text())["fewstep"]
+    assert (tmp_path / "solver_accuracy_fewstep_quick.png").stat().st_size > 0
+    for path_name in ("linear", "vp"):
+        res = few[path_name]
+        assert res["euler1000"] > 0 and res["headline"]["euler"] == 1000
+        rows = res["trajectory"]
+        assert {r["solver"] for r in rows if r["kind"] == "fewstep"} == set(FEWSTEP_SAMPLERS)
+        assert all(math.isfinite(r["rms_err"]) and r["nfe"] >= 1 for r in rows)
+        assert all(math.isfinite(r["moment_err"]) for r in res["distribution"])
 
 
 @pytest.mark.slow
