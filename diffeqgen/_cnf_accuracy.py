@@ -65,8 +65,9 @@ def error_vs_nfe(
 
     Returns:
         One dict per setting, in the order above: ``solver``, ``mode`` (``"steps"`` or
-        ``"tol"``), ``value`` (the steps or the tolerance), ``nfe`` (mean per sample, as
-        ``log_prob`` reports it), ``mean_abs_error`` and ``max_abs_error`` (nats). A setting whose
+        ``"tol"``), ``value`` (the steps or the tolerance), ``nfe`` (per sample, as
+        ``log_prob`` reports it: the max over samples for per-sample adaptive steps),
+        ``mean_abs_error`` and ``max_abs_error`` (nats). A setting whose
         solve fails at run time (e.g. float32 cannot meet a tolerance within ``max_steps``) keeps
         its row with ``nfe`` and both errors ``None`` and the error message under ``failed``.
     """
