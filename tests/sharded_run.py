@@ -81,6 +81,7 @@ if mode == "compare":
     except ValueError as err:
         out["divisibility_error"] = str(err)
     net = one.ema_model
+    field = dg.paths.as_vector_field(net, PATH, "velocity")  # carries its path: few-step OK
     sde = dg.sdes.generative_sde(net, dg.paths.as_score(net, PATH, "velocity"), 0.5)
     x0 = jr.normal(jr.key(2), (64, 2))
     xs = dg.sharding.shard_batch(x0, mesh)
@@ -90,6 +91,8 @@ if mode == "compare":
         "sample_ode_adaptive": lambda x: dg.solve.sample_ode(net, x, per_sample=True).x,
         "sample_sde": lambda x: dg.solve.sample_sde(sde, x, key=jr.key(3), steps=16).x,
         "log_prob": lambda x: dg.cnf.log_prob(net, x)[0],
+        "dpm++2m": lambda x: dg.solve.sample_ode(field, x, solver="dpm++2m", steps=6).x,
+        "unipc": lambda x: dg.solve.sample_ode(field, x, solver="unipc", steps=6).x,
     }.items():
         plain, sharded = call(x0), call(xs)
         out[name] = dict(

@@ -52,7 +52,8 @@ def test_parameters_the_user_sharded_stay_sharded(four):
 def test_samplers_and_likelihoods_keep_the_batch_split_and_the_numbers(four):
     out, _ = four
     assert out["x0_sharding"] == "P('data',)"
-    for name in ("sample_ode_rk4", "sample_ode_adaptive", "sample_sde", "log_prob"):
+    names = ("sample_ode_rk4", "sample_ode_adaptive", "sample_sde", "log_prob", "dpm++2m", "unipc")
+    for name in names:
         assert out[name]["sharding"] == "P('data',)", name
         assert out[name]["max_diff"] == 0.0, name  # per-sample work: bit-identical
 
