@@ -67,9 +67,7 @@ def _fixed(x, bad, nfe, steps, *, where, throw, total, describe, hint="", t_of=N
         status = dict(ok=bool(c_bad == 0), fail_step=int(c_bad), fail_t=float(fail_t))
     else:
         status = dict(ok=ok, fail_step=bad, fail_t=fail_t)
-    return Solution(
-        x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0, **status
-    )
+    return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0, **status)
 
 
 _HINT = "Check the model for NaN/inf (its output at that step) and the schedule or step size"
@@ -404,9 +402,7 @@ def predictor_corrector(
     _check_output("diffusion", diffusion, t0, x, args, allow_scalar=True)
     _check_output("score", score, t0, x, args)
     t0a, t1a = _time_arrays(t0, t1, x.dtype, forward_only=True)
-    x, bad = _pc_core(
-        drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args
-    )
+    x, bad = _pc_core(drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args)
     nfe = steps * (1 + corrector_steps)
     return _fixed(
         x, bad, nfe, steps, where="predictor_corrector", throw=throw, total=steps,

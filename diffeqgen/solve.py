@@ -41,11 +41,11 @@ from ._solve_common import (
     _check_saveat,
     _finish,
     _loop_bound,
-    field_probe,
     _saveat,
     _solver_label,
     _step_setup,
     _unpack,
+    field_probe,
 )
 from ._solvers import (
     ODE_SOLVERS,
