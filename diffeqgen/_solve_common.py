@@ -41,8 +41,9 @@ def _stats(sol, solver):
     return nfe, steps, sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]
 
 
-def _finish(
+def check_solve(
     out: dict,
+    tree,
     *,
     where: str,
     solver_name: str,
@@ -51,22 +52,26 @@ def _finish(
     throw: bool = True,
     fixed: tuple | None = None,
     probe: Callable | None = None,
-) -> Solution:
-    """Turn the jitted core's output into a ``Solution``; raise on a failed solve (``throw``).
+    what: str = NONFINITE + " in the state",
+):
+    """Raise on a failed Diffrax solve (``throw``) or return its status; ``(tree, status)``.
 
-    ``out["result"]`` is Diffrax's result code and ``out["finite"]`` whether the final state is
-    finite. Fixed-step solves (``fixed = (steps, t0, t1)``) stop at the first non-finite state
-    (``NONFINITE_EVENT``), so ``num_steps`` is the step that produced it. Adaptive solves that
-    reach ``max_steps`` are told apart from a non-finite field by ``probe(t, x) -> bool``
-    (True: the field is non-finite just past the state reached), evaluated only after a
-    failed eager call. ``hint`` names only options the call uses.
+    ``out`` holds Diffrax's ``result`` code, ``finite`` (whether the final state is finite),
+    ``num_steps`` and ``t_reached`` (scalars, or one per sample for vmapped solves). Fixed-step
+    solves (``fixed = (steps, t0, t1)``) stop at the first non-finite state (``NONFINITE_EVENT``),
+    so ``num_steps`` is the step that produced it. Adaptive solves that reach ``max_steps`` are
+    told apart from a non-finite field by ``probe(t, x_reached) -> bool`` (True: the field is
+    non-finite just past the state reached), evaluated only after a failed eager call. ``hint``
+    names only options the call uses. Under tracing, ``tree`` gets the runtime checks attached
+    (use the returned one). ``status`` has ``ok``, ``fail_step``, ``fail_t`` (Python values
+    after an eager call) and ``ok_each`` (one per sample, or a scalar).
     """
     code, finite = out["result"], out["finite"]
     event = int(dfx.RESULTS.event_occurred._value)
     nonfinite = (code == event) | ~finite
     other = (code != int(dfx.RESULTS.successful._value)) & ~nonfinite
     ok = ~(nonfinite | other)
-    per_sample = jnp.ndim(out["num_steps"]) > 0
+    per_sample = jnp.ndim(ok) > 0
     steps_done = jnp.asarray(out["num_steps"], jnp.int32)
     bad_step = jnp.where(ok, 0, steps_done)
     if fixed is not None:
@@ -76,7 +81,6 @@ def _finish(
         def describe(k: int) -> str:
             return f"step {k}"
 
-    x, xs = out["x"], out["xs"]
     c_ok = concrete(ok)
     if c_ok is not None and throw and not np.all(c_ok):
         bad = np.flatnonzero(~np.atleast_1d(c_ok))
@@ -88,9 +92,9 @@ def _finish(
             at = describe(steps) if fixed is not None else f"t = {t_reached:.6g} (step {steps})"
             if c != event:  # no event (adaptive steps, BacksolveAdjoint): seen at the end
                 at = "the end of the solve"
-            raise RuntimeError(f"{where}: {NONFINITE} appeared in the state at {at}{which}. {hint}")
+            raise RuntimeError(f"{where}: {what} appeared at {at}{which}. {hint}")
         if c == int(dfx.RESULTS.max_steps_reached._value):
-            if probe is not None and probe(t_reached, x):
+            if probe is not None and probe(t_reached, out["x"]):
                 raise RuntimeError(
                     f"{where}: the vector field returned {NONFINITE} just past t = "
                     f"{t_reached:.6g}{which}; the adaptive solver {solver_name!r} could not step "
@@ -109,9 +113,9 @@ def _finish(
     if c_ok is None and throw:  # inside the user's jit: runtime checks with static messages
         total = fixed[0] if fixed is not None else max_steps
         step_of = steps_done if fixed is not None else jnp.zeros_like(steps_done)
-        x, xs = report(
-            (x, xs), ok=~nonfinite, step=step_of, total=total, where=where, throw=True,
-            describe=describe, what=NONFINITE + " in the state", hint=hint,
+        tree = report(
+            tree, ok=~nonfinite, step=step_of, total=total, where=where, throw=True,
+            describe=describe, what=what, hint=hint,
         )  # fmt: skip
         msgs = [
             f"{where}: solver {solver_name!r} failed; Diffrax reports: {m}"
@@ -122,35 +126,42 @@ def _finish(
             f"(or the vector field is non-finite where the solver stalled). Hint: {hint}"
         )
         code_b = jnp.broadcast_to(jnp.asarray(code, jnp.int32), jnp.shape(other))
-        x, xs = eqx.branched_error_if((x, xs), other, jnp.where(other, code_b, 0), msgs)
+        tree = eqx.branched_error_if(tree, other, jnp.where(other, code_b, 0), msgs)
 
+    t_reached = jnp.atleast_1d(jnp.asarray(out["t_reached"]))
     if c_ok is None:
-        red = (lambda v: v if v is None else jnp.max(v)) if per_sample else (lambda v: v)
-        conv = red
         first = jnp.argmax(jnp.atleast_1d(~ok))
         status = dict(
             ok=jnp.all(ok),
             fail_step=jnp.atleast_1d(bad_step)[first],
-            fail_t=jnp.where(
-                jnp.all(ok), jnp.nan, jnp.atleast_1d(jnp.asarray(out["t_reached"]))[first]
-            ),
+            fail_t=jnp.where(jnp.all(ok), jnp.nan, t_reached[first]),
         )
     else:
-
-        def conv(v):
-            return None if v is None else int(np.max(np.asarray(v)))
-
         first = int(np.argmax(np.atleast_1d(~c_ok)))
         all_ok = bool(np.all(c_ok))
         status = dict(
             ok=all_ok,
             fail_step=0 if all_ok else int(np.atleast_1d(np.asarray(bad_step))[first]),
-            fail_t=(
-                float("nan")
-                if all_ok
-                else float(np.atleast_1d(np.asarray(out["t_reached"]))[first])
-            ),
+            fail_t=float("nan") if all_ok else float(t_reached[first]),
         )
+    status["ok_each"] = ok
+    return tree, status
+
+
+def _finish(out: dict, **kwargs) -> Solution:
+    """Turn the jitted core's output into a ``Solution``; raise on a failed solve (``throw``).
+
+    Keyword arguments as in ``check_solve``.
+    """
+    (x, xs), status = check_solve(out, (out["x"], out["xs"]), **kwargs)
+    del status["ok_each"]
+    per_sample = jnp.ndim(out["num_steps"]) > 0
+    if concrete(status["ok"]) is None:
+        conv = (lambda v: v if v is None else jnp.max(v)) if per_sample else (lambda v: v)
+    else:
+
+        def conv(v):
+            return None if v is None else int(np.max(np.asarray(v)))
 
     return Solution(
         x=x,
