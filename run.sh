@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import diffeqgen, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import diffeqgen, pytest, xdist, pytest_timeout" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e ".[test]"
 fi
@@ -16,6 +16,6 @@ what=${1:-test}
 shift || true
 case "$what" in
     study) exec .venv/bin/python experiments/cnf_likelihood.py "$@" ;;
-    test) exec .venv/bin/python -m pytest -n 2 "$@" ;;
+    test) exec .venv/bin/python -m pytest -n 2 --dist worksteal "$@" ;;
     *) echo "usage: ./run.sh study|test [flags]" >&2; exit 2 ;;
 esac

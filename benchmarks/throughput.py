@@ -13,7 +13,9 @@ reported apart (JAX) and every timer blocking on the result (``jax.block_until_r
    torchdiffeq's dopri5 on the batched augmented state.
 
 PyTorch parts run only if ``torch`` and ``torchdiffeq`` import (``pip install torch==2.13.0
-torchdiffeq``); the rest needs only diffeqgen. Writes ``results/benchmarks/throughput.{json,md}``.
+torchdiffeq``); the rest needs only diffeqgen. Writes ``results/benchmarks/throughput.{json,md}``
+(or into ``--out``); ``--quick`` (the test: one small size of each, one timed run) writes
+``throughput_quick.*`` so that it never overwrites the full results.
 """
 
 import argparse
@@ -39,7 +41,7 @@ WIDTH, DEPTH, BATCH, LR = 64, 3, 256, 1e-3
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (tests)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (tests)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--seed", type=int, default=0)
@@ -238,10 +240,10 @@ def to_jax_weights(torch_model, like):
 def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    repeats = args.repeats or (2 if args.quick else 5)
-    steps = 200 if args.quick else 2000
-    sizes = [100, 1000] if args.quick else [100, 1_000, 10_000, 100_000]
-    n_lik = 200 if args.quick else 2000
+    repeats = args.repeats or (1 if args.quick else 5)
+    steps = 100 if args.quick else 2000
+    sizes = [100] if args.quick else [100, 1_000, 10_000, 100_000]
+    n_lik = 50 if args.quick else 2000
     key = jr.key(args.seed)
     k_model, k_sample, k_lik = jr.split(key, 3)
 
@@ -292,8 +294,9 @@ def main(argv=None):
             r["likelihood"].pop("logp")
         tres["version"] = torch.__version__
         report["torch"] = tres
-    (args.out / "throughput.json").write_text(json.dumps(report, indent=1))
-    (args.out / "throughput.md").write_text(render(report))
+    name = "throughput_quick" if args.quick else "throughput"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{name}.md").write_text(render(report))
     print(render(report))
 
 

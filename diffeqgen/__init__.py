@@ -13,6 +13,7 @@ from . import (
     cnf,
     couplings,
     data,
+    ebm,
     groundtruth,
     losses,
     metrics,
@@ -20,6 +21,7 @@ from . import (
     paths,
     plotting,
     sdes,
+    sharding,
     solve,
     train,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "cnf",
     "couplings",
     "data",
+    "ebm",
     "groundtruth",
     "losses",
     "metrics",
@@ -37,6 +40,7 @@ __all__ = [
     "paths",
     "plotting",
     "sdes",
+    "sharding",
     "solve",
     "train",
 ]

@@ -270,6 +270,7 @@ class StepConfig(NamedTuple):
     is_sampler: bool
     loss_dtype: Any
     aux: tuple[tuple[str, Any], ...] | None = None
+    batch_sharding: Any = None  # a NamedSharding splitting each batch over devices, or None
 
 
 def _all_finite(tree) -> jax.Array:
@@ -299,6 +300,8 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig)
         params, ema, opt_state = carry
         data_key, loss_key = jr.split(jr.fold_in(train_key, step))
         batch = draw(data, config.is_sampler, data_key, config.batch_size)
+        if config.batch_sharding is not None:  # data parallel: each device takes its rows
+            batch = jax.lax.with_sharding_constraint(batch, config.batch_sharding)
 
         def objective(p):
             return loss_fn(eqx.combine(p, rest), loss_key, batch)

@@ -33,6 +33,7 @@ import numpy as np
 from jaxtyping import Bool
 
 from ._checks import check_array, check_finite, check_int, check_positive
+from ._cnf_accuracy import error_vs_nfe, hutchinson_error
 from ._cnf_core import (
     PROBES,
     TRACES,
@@ -52,6 +53,8 @@ __all__ = [
     "log_prob",
     "log_prob_chunked",
     "reference_log_prob",
+    "error_vs_nfe",
+    "hutchinson_error",
     "sample_and_log_prob",
     "CNF",
     "nll_loss",

@@ -14,6 +14,7 @@ __all__ = [
     "heatmap",
     "trajectories",
     "loss_curve",
+    "error_vs_nfe",
     "running_mean",
     "ema",
 ]
@@ -235,3 +236,30 @@ def loss_curve(
             label=val_label or f"{pre}validation (EMA)",
         )
     return smooth
+
+
+def error_vs_nfe(ax, rows, *, metric: str = "mean_abs_error"):
+    """Error against NFE on log-log axes: one colour per solver, fixed steps and tolerances apart.
+
+    ``rows`` are dicts with ``solver``, ``mode`` (``"steps"`` or ``"tol"``), ``nfe`` and
+    ``metric``, as ``diffeqgen.cnf.error_vs_nfe`` returns; rows whose ``nfe`` is ``None`` or 0
+    (failed or trivial settings) are left out. Fixed steps are drawn as solid lines with circles,
+    tolerance sweeps as dashed lines with squares. Axis labels and legend are the caller's.
+    """
+    solvers = list(dict.fromkeys(r["solver"] for r in rows))
+    for i, solver in enumerate(solvers):
+        for mode, ls, marker, what in (
+            ("steps", "-", "o", "fixed steps"),
+            ("tol", "--", "s", "rtol"),
+        ):
+            sel = [r for r in rows if r["solver"] == solver and r["mode"] == mode and r["nfe"]]
+            if sel:
+                ax.loglog(
+                    [r["nfe"] for r in sel],
+                    [r[metric] for r in sel],
+                    ls,
+                    color=f"C{i}",
+                    marker=marker,
+                    ms=3,
+                    label=f"{solver} ({what})",
+                )

@@ -60,6 +60,7 @@ from ._solvers import (
     get_solver,
 )
 from ._types import RealScalarLike, VectorField
+from .ebm import mala
 
 __all__ = [
     "ODE_SOLVERS",
@@ -72,6 +73,7 @@ __all__ = [
     "ddpm_sample",
     "ddim_sample",
     "langevin_mcmc",
+    "mala",
     "predictor_corrector",
     "annealed_langevin",
     "guided",

@@ -36,6 +36,7 @@ Example::
 """
 
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -50,6 +51,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from . import sharding
 from ._checkpoint import (
     TrainState,
     _empty_history,
@@ -208,6 +210,17 @@ def _as_state(init) -> TrainState:
     )
 
 
+def _placement(mesh, batch_axis, batch_size: int) -> Callable:
+    """Where ``fit`` puts its arrays: unchanged without a mesh, else replicated on the mesh."""
+    if mesh is None:
+        if batch_axis is not None:
+            raise ValueError(f"batch_axis={batch_axis!r} needs a mesh, got mesh=None")
+        return lambda tree: tree
+    axis = sharding.batch_axis(mesh, batch_axis)
+    sharding.check_divisible("batch_size", batch_size, mesh, axis)
+    return functools.partial(sharding.replicate, mesh=mesh)
+
+
 def _next_stop(step: int, num_steps: int, every: list[int]) -> int:
     stop = num_steps
     for e in every:
@@ -236,6 +249,8 @@ def fit(
     init: Any = None,
     callback: Callable | None = None,
     callback_every: int | None = None,
+    mesh: Any = None,
+    batch_axis: str | None = None,
 ) -> TrainResult:
     """Train ``model`` by minimising ``loss_fn`` with ``optimizer``.
 
@@ -315,6 +330,14 @@ def fit(
             history so far). If it returns ``True``, training stops there (the checkpoint, if
             any, is written) and the result holds that state.
         callback_every: Callback interval in updates (default ``steps_per_call``).
+        mesh: Optional ``jax.sharding.Mesh`` for data parallelism: each batch is split along
+            ``batch_axis`` across its devices, and the model, EMA, optimiser state and a finite
+            dataset are replicated (an array already placed on ``mesh`` with a
+            ``NamedSharding`` keeps it); the compiler reduces the gradients. ``batch_size``
+            must be a multiple of the device count along ``batch_axis``. The losses equal those
+            of a one-device run up to float reduction order; checkpoints resume on any device
+            count. See ``diffeqgen.sharding``.
+        batch_axis: The mesh axis that splits the batch (default: the mesh's first axis).
 
     Returns:
         A `TrainResult` (``result.state`` is the `TrainState` to pass as ``init``).
@@ -356,6 +379,9 @@ def fit(
     key = _typed_key(as_key(key))
     train_key, val_key = jr.split(key)
     data, is_sampler = check_data("data", data, batch_size, key)
+    place = _placement(mesh, batch_axis, batch_size)
+    if not is_sampler:
+        data = place(data)
     if val_every is not None:
         val_every = check_int("val_every", val_every)
         if val_data is None:
@@ -415,6 +441,10 @@ def fit(
     if val_data is not None and val_is_sampler:  # one fixed validation batch
         n_val = max(batch_size, VAL_SAMPLES)
         val_data = eqx.filter_jit(val_data)(jr.fold_in(val_key, 0), n_val)
+    val_data = place(val_data)
+    state = state._replace(
+        model=place(state.model), ema_model=place(state.ema_model), opt_state=place(state.opt_state)
+    )
     params, rest = split_trainable(state.model, trainable)
     ema = eqx.filter(state.ema_model, eqx.is_inexact_array)
     opt_state, step = state.opt_state, state.step
@@ -444,6 +474,7 @@ def fit(
         is_sampler,
         loss_struct.dtype,
         aux_spec,
+        None if mesh is None else sharding.batch_sharding(mesh, batch_axis),
     )
 
     def advance(step: int, n: int):
@@ -463,6 +494,11 @@ def fit(
         return TrainState(
             eqx.combine(params, rest), eqx.combine(ema, rest), opt_state, step, key, hist
         )
+
+    def save() -> None:
+        state = sharding.gather(current_state()) if mesh is not None else current_state()
+        if jax.process_index() == 0:  # one writer when several hosts share the run
+            save_checkpoint(checkpoint, state)
 
     every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
     start_step, train_seconds, stop_requested = step, 0.0, False
@@ -520,12 +556,12 @@ def fit(
             if checkpoint is not None and (
                 step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
             ):
-                save_checkpoint(checkpoint, current_state())
+                save()
                 last_saved = step
             if callback is not None and step % callback_every == 0:
                 stop_requested = callback(step, current_state()) is True
                 if stop_requested and checkpoint is not None and last_saved != step:
-                    save_checkpoint(checkpoint, current_state())
+                    save()
                     last_saved = step
             postfix["steps/s"] = f"{(step - start_step) / max(train_seconds, 1e-9):.0f}"
             bar.set_postfix(postfix, refresh=False)

@@ -29,8 +29,6 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (selects the Agg backend)
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -68,41 +66,26 @@ SETTINGS = dict(  # name=(full, --quick)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _common.make_parser(__doc__, "cnf_likelihood")
     p.add_argument(
         "--datasets",
         type=_common.choices("dataset", data.names()),
-        help="comma-separated 2D datasets for the maximum-likelihood CNF and flow matching "
-        "(default {}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
+        help="comma-separated 2D datasets for the ML CNF and flow matching (default "
+        "{}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
     )
-    p.add_argument(
-        "--steps",
-        type=_common.integer("--steps"),
-        help="training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"]),
-    )
+    steps = "training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"])
+    p.add_argument("--steps", type=_common.integer("--steps"), help=steps)
+    fixed = ("euler", "midpoint", "rk4", "heun")
+    adaptive = [s for s in solve.ODE_SOLVERS if s not in fixed]
     p.add_argument(
         "--solver",
         default="dopri5",
-        help="adaptive solver of every likelihood evaluation (default dopri5): one of "
-        + ", ".join(solve.ODE_SOLVERS)
-        + " with an error estimate",
+        help=f"adaptive solver of every likelihood evaluation: one of {', '.join(adaptive)}",
     )
-    for flag, what in (("rtol", "relative"), ("atol", "absolute")):
-        p.add_argument(
-            f"--{flag}",
-            type=_common.positive(f"--{flag}"),
-            default=1e-6,
-            help=f"{what} tolerance of evaluations",
-        )
-    seed = _common.integer("--seed", minimum=0)
-    p.add_argument("--seed", type=seed, default=0, help="seed of every PRNG key (default 0)")
-    p.add_argument("--out", type=Path, default=Path("results/cnf_likelihood"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny settings (< 1 min), for tests")
+    for flag in ("rtol", "atol"):
+        p.add_argument(f"--{flag}", type=_common.positive(f"--{flag}"), default=1e-6, help=flag)
     args = p.parse_args(argv)
-    if args.solver not in solve.ODE_SOLVERS or args.solver in ("euler", "midpoint", "rk4"):
-        adaptive = [s for s in solve.ODE_SOLVERS if s not in ("euler", "midpoint", "rk4", "heun")]
+    if args.solver not in adaptive:
         p.error(f"unknown or non-adaptive --solver {args.solver!r}; expected one of {adaptive}")
     args.cfg = _common.config(args, SETTINGS, steps=args.steps)
     args.cfg["datasets"] = args.datasets or args.cfg["datasets"].split(",")
@@ -117,25 +100,20 @@ def grid_points(lim: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([gx.ravel(), gy.ravel()], -1).astype(np.float32), c
 
 
-def chunked_log_prob(vf, x, chunk: int, **kw) -> tuple[np.ndarray, float]:
+def log_prob(vf, x, cfg, **kw) -> tuple[np.ndarray, float]:
     """``cnf.log_prob_chunked`` (one compile for every size), log-densities as NumPy."""
-    lp, nfe = cnf.log_prob_chunked(vf, x, chunk_size=chunk, **kw)
+    lp, nfe = cnf.log_prob_chunked(vf, x, chunk_size=cfg["chunk"], **kw)
     return np.asarray(lp), nfe
 
 
 def heat(ax, values, lim, title, **kw):
-    plotting.heatmap(ax, values, lim=lim, title=title, **kw)
+    return plotting.heatmap(ax, values, lim=lim, title=title, **kw)
 
 
 # ----------------------------------------------------------------------------- 1. linear map
-class LinearField(eqx.Module):
-    """dz/dt = M z (at t = 1 it realises z -> expm(M) z)."""
-
-    m: jax.Array
-
-    def __call__(self, t, z, args=None):
-        """Velocity M z."""
-        return self.m @ z
+def linear_field(t, z, m):
+    """dz/dt = M z with M = ``args`` (at t = 1 it realises z -> expm(M) z)."""
+    return m @ z
 
 
 def linear_map(cfg, ev, out: Path) -> dict:
@@ -144,32 +122,25 @@ def linear_map(cfg, ev, out: Path) -> dict:
     if imag > 1e-12:
         raise RuntimeError(f"logm(A) is not real (max |imag| = {imag})")
     log_a = np.real(log_a)
-    expm_err = float(np.max(np.abs(scipy.linalg.expm(log_a) - A_MATRIX)))
-    field = LinearField(jnp.asarray(log_a, jnp.float32))
     lim = 3.0
     pts, _ = grid_points(lim, cfg["lin_grid"])
-    lp, nfe = chunked_log_prob(field, pts, cfg["chunk"], **ev)
+    lp, nfe = log_prob(linear_field, pts, cfg, args=jnp.asarray(log_a, jnp.float32), **ev)
     cov = A_MATRIX @ A_MATRIX.T
     p64 = pts.astype(np.float64)
-    exact = (
-        -0.5 * np.einsum("ni,ij,nj->n", p64, np.linalg.inv(cov), p64)
-        - math.log(2 * math.pi)
-        - 0.5 * math.log(np.linalg.det(cov))
-    )
+    exact = -0.5 * np.einsum("ni,ij,nj->n", p64, np.linalg.inv(cov), p64) - math.log(2 * math.pi)
+    exact -= 0.5 * math.log(np.linalg.det(cov))
     err = np.abs(lp - exact)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     vmin, vmax = exact.min(), exact.max()
     heat(axes[0], exact, lim, "analytic log N(0, A A^T)", vmin=vmin, vmax=vmax)
     heat(axes[1], lp, lim, f"CNF log p (dz/dt = logm(A) z), NFE {nfe:.0f}", vmin=vmin, vmax=vmax)
-    im = plotting.heatmap(
-        axes[2], err, lim=lim, title=f"|error|, max {err.max():.1e}", cmap="magma"
-    )
+    im = heat(axes[2], err, lim, f"|error|, max {err.max():.1e}", cmap="magma")
     fig.colorbar(im, ax=axes[2])
     _common.save(fig, out / "linear_map.png")
     return dict(
         logm_A=log_a.tolist(),
         logm_max_imag=imag,
-        expm_logm_error=expm_err,
+        expm_logm_error=float(np.max(np.abs(scipy.linalg.expm(log_a) - A_MATRIX))),
         cov=cov.tolist(),
         max_abs_error=float(err.max()),
         mean_abs_error=float(err.mean()),
@@ -196,34 +167,20 @@ def exact_tanh_log_density_1d(u: np.ndarray, t: float) -> np.ndarray:
     """
     if t == 0:
         return -0.5 * u**2 - 0.5 * math.log(2 * math.pi)
-    sol = solve_ivp(
-        lambda s, z: np.tanh(z**3), (t, 0.0), u, method="DOP853", rtol=1e-12, atol=1e-14
-    )
-    z0 = sol.y[:, -1]
-    return (
-        -0.5 * z0**2
-        - 0.5 * math.log(2 * math.pi)
-        + np.log(np.abs(np.tanh(z0**3)))
-        - np.log(np.abs(np.tanh(u**3)))
-    )
+    f = lambda z: np.tanh(z**3)  # noqa: E731
+    z0 = solve_ivp(lambda s, z: f(z), (t, 0.0), u, method="DOP853", rtol=1e-12, atol=1e-14).y[:, -1]
+    return -0.5 * z0**2 - 0.5 * math.log(2 * math.pi) + np.log(np.abs(f(z0))) - np.log(np.abs(f(u)))
 
 
 def tanh_flow(cfg, ev, key, out: Path) -> dict:
     lim, bins = 3.0, cfg["tanh_bins"]
     z0 = jr.normal(key, (cfg["tanh_n"], 2))
-    sol = solve.sample_ode(
-        tanh_field,
-        z0,
-        t0=0.0,
-        t1=TANH_TIMES[-1],
-        solver="dopri5",
-        rtol=1e-7,
-        atol=1e-7,
-        saveat=jnp.asarray(TANH_TIMES),
-    )
+    kw = dict(t0=0.0, t1=TANH_TIMES[-1], rtol=1e-7, atol=1e-7, saveat=jnp.asarray(TANH_TIMES))
+    sol = solve.sample_ode(tanh_field, z0, solver="dopri5", **kw)
     xs = np.asarray(sol.xs)
     pts, c = grid_points(lim, bins)
     cell = (2 * lim / bins) ** 2
+    normalised = lambda log_p: np.exp(log_p) * cell / (np.exp(log_p) * cell).sum()  # noqa: E731
     rows, metrics = [], []
     for i, t in enumerate(TANH_TIMES):
         hist, _, _ = np.histogram2d(xs[i, :, 1], xs[i, :, 0], bins=bins, range=[[-lim, lim]] * 2)
@@ -231,31 +188,25 @@ def tanh_flow(cfg, ev, key, out: Path) -> dict:
         if t == 0:
             lp, nfe = (-0.5 * np.sum(pts**2, 1) - math.log(2 * math.pi)), 0.0
         else:
-            lp, nfe = chunked_log_prob(tanh_field, pts, cfg["chunk"], t1=t, **ev)
+            lp, nfe = log_prob(tanh_field, pts, cfg, t1=t, **ev)
         e1 = exact_tanh_log_density_1d(c.astype(np.float64), t)
         exact = (e1[None, :] + e1[:, None]).ravel()
-        q_cnf = np.exp(lp) * cell
-        q_cnf /= q_cnf.sum()
-        q_ex = np.exp(exact) * cell
-        q_ex /= q_ex.sum()
+        q_cnf, q_ex, seen = normalised(lp), normalised(exact), hist > 0
         metrics.append(
             dict(
                 t=t,
                 tv_hist_cnf=0.5 * float(np.abs(hist - q_cnf).sum()),
                 tv_hist_exact=0.5 * float(np.abs(hist - q_ex).sum()),
                 tv_cnf_exact=0.5 * float(np.abs(q_cnf - q_ex).sum()),
-                kl_hist_cnf=float(
-                    np.sum(hist[hist > 0] * np.log(hist[hist > 0] / q_cnf[hist > 0]))
-                ),
+                kl_hist_cnf=float(np.sum(hist[seen] * np.log(hist[seen] / q_cnf[seen]))),
                 max_abs_log_error=float(np.max(np.abs(lp - exact))),
                 nfe_per_sample=nfe,
             )
         )
         rows.append((hist, q_cnf))
     fig, axes = plt.subplots(2, len(TANH_TIMES), figsize=(2.2 * len(TANH_TIMES), 5.4))
-    for i, (t, (hist, q)) in enumerate(zip(TANH_TIMES, rows, strict=True)):
+    for i, (t, (hist, q), m) in enumerate(zip(TANH_TIMES, rows, metrics, strict=True)):
         vmax = max(hist.max(), q.max())
-        m = metrics[i]
         heat(axes[0, i], hist, lim, f"samples t={t:.1f}", vmin=0, vmax=vmax)
         heat(axes[1, i], q, lim, f"CNF t={t:.1f}\nTV {m['tv_hist_cnf']:.3f}", vmin=0, vmax=vmax)
     fig.suptitle("dz/dt = tanh(z^3): histograms of samples (top) and CNF densities (bottom)")
@@ -268,21 +219,48 @@ def tanh_flow(cfg, ev, key, out: Path) -> dict:
     return dict(times=metrics, n_samples=cfg["tanh_n"], bins=bins, sample_nfe=int(sol.nfe))
 
 
-# ------------------------------------------------------------------- 3. maximum likelihood
-def train_ml_cnf(name, cfg, ev, key, progress) -> dict:
+# ----------------------------------------------------- 3 and 5. maximum likelihood, flow matching
+def known(fn, *args):
+    """``fn(*args)``, or None where the dataset has no closed form (``ValueError``)."""
+    try:
+        return fn(*args)
+    except ValueError:
+        return None
+
+
+def train_and_score(args, kind, name, key, test=None) -> dict:
+    """Train an ML CNF (``kind="ml"``) or a flow-matching model (``"fm"``) on ``name``; score it.
+
+    Both are scored by the same exact likelihood on ``test`` (drawn here if None): the CNF as a
+    field, the flow-matching velocity through its probability-flow ODE. Training checkpoints go
+    to ``--checkpoints`` as ``<kind>_<name>.eqx`` (``--resume`` continues from them).
+    """
+    cfg, ev = args.cfg, args.ev
     model_key, train_key, test_key, val_key, sample_key = jr.split(key, 5)
-    model = cnf.CNF(2, width=64, depth=3, activation="tanh", key=model_key)
-    loss = functools.partial(cnf.nll_loss, solver="rk4", steps=8)
-    steps = cfg["steps"]
-    opt = train.make_optimizer(
-        3e-3,
-        schedule="cosine",
-        num_steps=max(steps, 2),
-        warmup=min(100, steps // 2),
-        grad_clip=1.0,
-    )
-    val = data.sample(name, val_key, cfg["n_val"])
-    res = train.fit(
+    if kind == "ml":
+        model = cnf.CNF(2, width=64, depth=3, activation="tanh", key=model_key)
+        steps, loss = cfg["steps"], functools.partial(cnf.nll_loss, solver="rk4", steps=8)
+        opt = train.make_optimizer(
+            3e-3,
+            schedule="cosine",
+            num_steps=max(steps, 2),
+            warmup=min(100, steps // 2),
+            grad_clip=1.0,
+        )
+        val = data.sample(name, val_key, cfg["n_val"])
+        kw = dict(
+            steps_per_call=min(100, steps), ema_decay=0.995, val_data=val, val_every=min(100, steps)
+        )
+    else:
+        model_key, train_key, sample_key = jr.split(key, 3)
+        model = nn.MLP(2, 2, width=64, depth=3, activation="silu", key=model_key)
+        steps, path = cfg["fm_steps"], paths.get_path("linear")
+        loss = losses.get_loss("flow_matching", path=path)
+        opt = train.make_optimizer(2e-3, schedule="cosine", num_steps=max(steps, 2))
+        kw = dict(steps_per_call=min(500, steps), ema_decay=0.999)
+    res = _common.fit(
+        args,
+        f"{kind}_{name}.eqx",
         model,
         loss,
         data.sampler(name),
@@ -290,239 +268,131 @@ def train_ml_cnf(name, cfg, ev, key, progress) -> dict:
         key=train_key,
         num_steps=steps,
         batch_size=256,
-        steps_per_call=min(100, steps),
-        ema_decay=0.995,
-        val_data=val,
-        val_every=min(100, steps),
-        progress=progress,
+        **kw,
     )
-    test = np.asarray(data.sample(name, test_key, cfg["n_test"]))
-    (lp, nfe), eval_s, _ = _common.timed(chunked_log_prob, res.ema_model, test, cfg["chunk"], **ev)
-    return dict(
-        result=res,
-        model=res.ema_model,
-        test=test,
-        test_lp=lp,
-        nfe=nfe,
-        eval_seconds=eval_s,
-        samples=np.asarray(solve.sample_ode(res.ema_model, jr.normal(sample_key, (2000, 2))).x),
+    field = (
+        res.ema_model if kind == "ml" else paths.as_vector_field(res.ema_model, path, "velocity")
     )
+    test = np.asarray(data.sample(name, test_key, cfg["n_test"])) if test is None else test
+    (lp, nfe), eval_s, _ = _common.timed(log_prob, field, test, cfg, **ev)
+    x = np.asarray(solve.sample_ode(field, jr.normal(sample_key, (2000, 2))).x)
+    nll, se = float(-lp.mean()), float(lp.std(ddof=1) / math.sqrt(len(lp)))
+    h = known(data.entropy, name)
+    summary = dict(test_nll=nll, test_nll_se=se, entropy=h, gap=None if h is None else nll - h)
+    metrics = summary | dict(nfe=nfe, train_seconds=res.wall_seconds, train_steps=steps)
+    if kind == "ml":
+        metrics |= dict(eval_seconds=eval_s, final_val_nll_rk4=float(res.history["val_loss"][-1]))
+    return dict(result=res, field=field, test=test, samples=x, summary=summary, metrics=metrics)
 
 
-def nll_summary(lp: np.ndarray, name: str) -> dict:
-    nll = float(-lp.mean())
-    se = float(lp.std(ddof=1) / math.sqrt(len(lp)))
-    try:
-        h = data.entropy(name)
-    except ValueError:
-        h = None
-    return dict(test_nll=nll, test_nll_se=se, entropy=h, gap=None if h is None else nll - h)
-
-
-def density_panels(name, runs, cfg, ev, out: Path) -> dict:
-    lim = 4.0
+def density_figures(runs, cfg, ev, out: Path) -> None:
+    """``ml_cnf.png`` (curves, test data, samples, model and true density) and ``fm_vs_cnf.png``."""
+    lim, names = 4.0, list(runs)
     pts, _ = grid_points(lim, cfg["grid"])
-    names = list(runs)
     fig, axes = plt.subplots(len(names), 5, figsize=(14, 2.9 * len(names)), squeeze=False)
-    grids = {}
+    fig2, axes2 = plt.subplots(len(names), 3, figsize=(8.4, 2.9 * len(names)), squeeze=False)
     for r, ds in enumerate(names):
-        run = runs[ds]
-        lp, _ = chunked_log_prob(run["model"], pts, cfg["chunk"], **ev)
-        grids[ds] = lp
-        h, ax = run["result"].history, axes[r, 0]
-        k = max(1, min(50, len(h["loss"]) // 10))
+        ml, fm = runs[ds]["ml"], runs[ds]["fm"]
+        s, h, ax = ml["summary"], ml["result"].history, axes[r, 0]
         smooth = plotting.loss_curve(
-            ax, h, label="NLL (rk4-8)", window=k, val_label="test NLL (rk4-8, EMA)", val_fmt="o-"
+            ax,
+            h,
+            label="NLL (rk4-8)",
+            window=max(1, min(50, len(h["loss"]) // 10)),
+            val_label="test NLL (rk4-8, EMA)",
+            val_fmt="o-",
         )
-        s = run["summary"]
         if s["entropy"] is not None:
             ax.axhline(s["entropy"], color="k", ls="--", lw=1, label="true entropy")
         ax.set_ylim(top=min(ax.get_ylim()[1], smooth[0] + 0.5) if len(smooth) else None)
         ax.set_title(f"{ds}: NLL (nats)", fontsize=9)
         ax.legend(fontsize=7)
-        plotting.scatter(axes[r, 1], run["test"], lim=lim, s=4, alpha=0.4, title="test data")
-        samples = run["samples"]
+        plotting.scatter(axes[r, 1], ml["test"], lim=lim, s=4, alpha=0.4, title="test data")
         plotting.scatter(
-            axes[r, 2], samples, lim=lim, s=4, alpha=0.4, color="C1", title="CNF samples"
+            axes[r, 2], ml["samples"], lim=lim, s=4, alpha=0.4, color="C1", title="CNF samples"
         )
         gap = "" if s["gap"] is None else f", gap {s['gap']:+.3f}"
-        heat(axes[r, 3], np.exp(lp), lim, f"CNF density (NLL {s['test_nll']:.3f}{gap})")
-        try:
-            true = np.exp(np.asarray(data.log_prob(ds, jnp.asarray(pts))))
-            heat(axes[r, 4], true, lim, "true density")
-        except ValueError:
+        ml_lp, _ = log_prob(ml["field"], pts, cfg, **ev)
+        heat(axes[r, 3], np.exp(ml_lp), lim, f"CNF density (NLL {s['test_nll']:.3f}{gap})")
+        if (true := known(data.log_prob, ds, jnp.asarray(pts))) is not None:
+            heat(axes[r, 4], np.exp(np.asarray(true)), lim, "true density")
+        else:
             axes[r, 4].axis("off")
             axes[r, 4].set_title("true density unknown", fontsize=9)
+        heat(axes2[r, 0], np.exp(ml_lp), lim, f"{ds}: ML CNF (NLL {s['test_nll']:.3f})")
+        fm_lp, _ = log_prob(fm["field"], pts, cfg, t0=0.0, t1=1.0, **ev)
+        heat(
+            axes2[r, 1], np.exp(fm_lp), lim, f"flow matching (NLL {fm['summary']['test_nll']:.3f})"
+        )
+        plotting.scatter(
+            axes2[r, 2],
+            fm["samples"],
+            lim=lim,
+            s=4,
+            alpha=0.4,
+            color="C2",
+            title="flow-matching samples",
+        )
     _common.save(fig, out / "ml_cnf.png")
-    return grids
+    _common.save(fig2, out / "fm_vs_cnf.png")
 
 
 # ----------------------------------------------------------------------------- 4. solvers
-def solver_study(model, x, cfg, ev, key, out: Path, progress) -> dict:
+def solver_study(model, x, cfg, ev, key, out: Path) -> dict:
     ref, ref_nfe = cnf.reference_log_prob(model, x)  # float64, dopri8 at rtol = atol = 1e-12
-    xj = jnp.asarray(x, jnp.float32)
-    rows = []
-    configs = [(s, "steps", n) for s in cfg["solvers"] for n in cfg["fixed_steps"]]
-    configs += [(s, "tol", tol) for s in cfg["tol_solvers"] for tol in cfg["tols"]]
-    for solver, mode, value in tqdm(configs, desc="solver study", disable=not progress):
-        if mode == "steps":
-            kw = dict(steps=value, max_steps=max(cfg["fixed_steps"]))
-        else:
-            kw = dict(rtol=value, atol=value, max_steps=4096)
-        row = dict(solver=solver, mode=mode, value=value)
-        try:
-            lp, nfe = cnf.log_prob(model, xj, solver=solver, **kw)
-        except Exception as err:  # noqa: BLE001  (e.g. float32 cannot meet rtol 1e-8)
-            failed = f"{type(err).__name__}: {str(err)[:200]}"
-            row |= dict(nfe=None, mean_abs_error=None, max_abs_error=None, failed=failed)
-            rows.append(row)
-            continue
-        err = np.abs(np.asarray(lp, np.float64) - ref)
-        row |= dict(
-            nfe=float(nfe), mean_abs_error=float(err.mean()), max_abs_error=float(err.max())
-        )
-        rows.append(row)
+    sweep = dict(fixed=cfg["solvers"], steps=cfg["fixed_steps"], adaptive=cfg["tol_solvers"])
+    rows = cnf.error_vs_nfe(model, x, **sweep, tols=cfg["tols"], reference=ref)
     # Hutchinson against the exact trace at the evaluation settings (same solver and tolerances).
     xh = np.asarray(x[: cfg["n_hutch"]])
-    exact, _ = chunked_log_prob(model, xh, cfg["chunk"], **ev)
-    reps = cfg["hutch_reps"]
-    tiled = np.tile(xh, (reps, 1))
-    hutch = []
-    for num_probes in cfg["probes"]:
-        est, nfe = cnf.log_prob(
-            model,
-            jnp.asarray(tiled),
-            trace="hutchinson",
-            num_probes=num_probes,
-            key=jr.fold_in(key, num_probes),
-            **ev,
+    exact, _ = cnf.log_prob_chunked(model, xh, chunk_size=cfg["chunk"], **ev)
+    hutch = [
+        cnf.hutchinson_error(
+            model, xh, k, key=jr.fold_in(key, k), repeats=cfg["hutch_reps"], exact=exact, **ev
         )
-        diff = (np.asarray(est) - np.tile(exact, reps)).reshape(reps, len(xh))
-        bias = float(diff.mean())
-        hutch.append(
-            dict(
-                num_probes=num_probes,
-                bias=bias,
-                bias_se=float(diff.mean(0).std(ddof=1) / math.sqrt(len(xh)))
-                if len(xh) > 1
-                else None,
-                std=float(np.sqrt(np.mean(diff.var(0, ddof=1)))),
-                nfe=float(nfe),
-            )
-        )
+        for k in cfg["probes"]
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, solver in enumerate(dict.fromkeys([*cfg["solvers"], *cfg["tol_solvers"]])):
-        for mode, ls in (("steps", "-"), ("tol", "--")):
-            sel = [r for r in rows if r["solver"] == solver and r["mode"] == mode and r["nfe"]]
-            if sel:
-                axes[0].loglog(
-                    [r["nfe"] for r in sel],
-                    [r["mean_abs_error"] for r in sel],
-                    ls,
-                    color=f"C{i}",
-                    marker="o" if mode == "steps" else "s",
-                    ms=3,
-                    label=f"{solver} ({'fixed steps' if mode == 'steps' else 'rtol'})",
-                )
-    axes[0].set_xlabel("NFE per sample")
-    axes[0].set_ylabel("mean |log p - log p_ref|  (nats)")
+    plotting.error_vs_nfe(axes[0], rows)
+    axes[0].set(xlabel="NFE per sample", ylabel="mean |log p - log p_ref|  (nats)")
     axes[0].set_title(
         f"CNF log-likelihood error vs NFE (float64 ref: dopri8, {ref_nfe:.0f} NFE)", fontsize=9
     )
     axes[0].legend(fontsize=7)
     axes[0].grid(True, which="both", alpha=0.3)
-    stds = [h["std"] for h in hutch]
-    axes[1].loglog(cfg["probes"], stds, "o-", label="std of log p estimate")
+    probes, stds = cfg["probes"], [h["std"] for h in hutch]
+    axes[1].loglog(probes, stds, "o-", label="std of log p estimate")
     axes[1].errorbar(
-        cfg["probes"],
+        probes,
         [abs(h["bias"]) for h in hutch],
         yerr=[2 * (h["bias_se"] or 0.0) for h in hutch],
         fmt="s--",
         capsize=3,
         label="|bias| +- 2 s.e.",
     )
-    axes[1].loglog(
-        cfg["probes"], [stds[0] / math.sqrt(k) for k in cfg["probes"]], "k:", label="1/sqrt(probes)"
-    )
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("Hutchinson probes (Rademacher)")
+    axes[1].loglog(probes, [stds[0] / math.sqrt(k) for k in probes], "k:", label="1/sqrt(probes)")
+    axes[1].set(xscale="log", yscale="log", xlabel="Hutchinson probes (Rademacher)")
     axes[1].set_title("Hutchinson vs exact trace (nats)", fontsize=9)
     axes[1].legend(fontsize=7)
     _common.save(fig, out / "solver_study.png")
     return dict(reference_nfe=ref_nfe, n_points=len(x), rows=rows, hutchinson=hutch)
 
 
-# ------------------------------------------------------------------------ 5. flow matching
-def train_fm(name, cfg, ev, key, test, progress) -> dict:
-    model_key, train_key, sample_key = jr.split(key, 3)
-    path = paths.get_path("linear")
-    model = nn.MLP(2, 2, width=64, depth=3, activation="silu", key=model_key)
-    opt = train.make_optimizer(2e-3, schedule="cosine", num_steps=max(cfg["fm_steps"], 2))
-    res = train.fit(
-        model,
-        losses.get_loss("flow_matching", path=path),
-        data.sampler(name),
-        optimizer=opt,
-        key=train_key,
-        num_steps=cfg["fm_steps"],
-        batch_size=256,
-        steps_per_call=min(500, cfg["fm_steps"]),
-        ema_decay=0.999,
-        progress=progress,
-    )
-    field = paths.as_vector_field(res.ema_model, path, "velocity")
-    lp, nfe = chunked_log_prob(field, test, cfg["chunk"], t0=0.0, t1=1.0, **ev)
-    samples = solve.sample_ode(field, jr.normal(sample_key, (2000, 2)))
-    return dict(
-        result=res,
-        field=field,
-        test_lp=lp,
-        nfe=nfe,
-        samples=np.asarray(samples.x),
-        t_range=(0.0, 1.0),
-    )
-
-
-def fm_figure(ml_runs, fm_runs, ml_grids, cfg, ev, out: Path) -> None:
-    lim = 4.0
-    pts, _ = grid_points(lim, cfg["grid"])
-    names = list(fm_runs)
-    fig, axes = plt.subplots(len(names), 3, figsize=(8.4, 2.9 * len(names)), squeeze=False)
-    for r, ds in enumerate(names):
-        fm = fm_runs[ds]
-        lo, hi = fm["t_range"]
-        lp, _ = chunked_log_prob(fm["field"], pts, cfg["chunk"], t0=lo, t1=hi, **ev)
-        nll = ml_runs[ds]["summary"]["test_nll"]
-        heat(axes[r, 0], np.exp(ml_grids[ds]), lim, f"{ds}: ML CNF (NLL {nll:.3f})")
-        heat(axes[r, 1], np.exp(lp), lim, f"flow matching (NLL {fm['summary']['test_nll']:.3f})")
-        title = "flow-matching samples"
-        plotting.scatter(
-            axes[r, 2], fm["samples"], lim=lim, s=4, alpha=0.4, color="C2", title=title
-        )
-    _common.save(fig, out / "fm_vs_cnf.png")
-
-
+# ------------------------------------------------------------------------------- the report
 def fmt(v, spec=".3f"):
-    return "n/a" if v is None else format(v, spec)
-
-
-def setting(r):
-    return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+    return _common.opt(v, spec, none="n/a")
 
 
 def headlines(m: dict) -> list[str]:
     """Bullet points with the numbers a reader looks for first."""
-    lin, tanh, sol = m["linear_map"], m["tanh_flow"], m["solver_study"]
-    worst = max(r["max_abs_log_error"] for r in tanh["times"])
-    floor = min(r["tv_hist_exact"] for r in tanh["times"])
+    lin, times, sol = m["linear_map"], m["tanh_flow"]["times"], m["solver_study"]
     out = [
         f"- Linear map: max |log p error| {lin['max_abs_error']:.1e} "
         f"({'meets' if lin['passed'] else 'misses'} the 1e-4 float32 target).",
-        f"- tanh(z^3) flow: CNF log-density within {worst:.1e} of the exact 1D change of "
-        f"variables for t <= 0.5; TV(CNF, exact) <= "
-        f"{max(r['tv_cnf_exact'] for r in tanh['times']):.0e}, far below the histogram "
-        f"noise floor TV(hist, exact) >= {floor:.2f}.",
+        f"- tanh(z^3) flow: CNF log-density within "
+        f"{max(r['max_abs_log_error'] for r in times):.1e} of the exact 1D change of variables "
+        f"for t <= 0.5; TV(CNF, exact) <= {max(r['tv_cnf_exact'] for r in times):.0e}, far "
+        f"below the histogram noise floor TV(hist, exact) >= "
+        f"{min(r['tv_hist_exact'] for r in times):.2f}.",
     ]
     for ds, r in m["datasets"].items():
         c, f = r["ml_cnf"], r["flow_matching"]
@@ -535,37 +405,37 @@ def headlines(m: dict) -> list[str]:
         )
     for solver in dict.fromkeys(r["solver"] for r in sol["rows"]):
         ok = [r for r in sol["rows"] if r["solver"] == solver and r["nfe"]]
-        good = [r for r in ok if r["mean_abs_error"] < 1e-4]
-        best = min(good, key=lambda r: r["nfe"]) if good else None
-        out.append(
-            f"- {solver}: "
-            + (
-                f"mean error < 1e-4 nats from {best['nfe']:.0f} NFE "
-                f"({best['mode']}={best['value']})"
-                if best
-                else "never reaches 1e-4 nats mean error in the tested range"
-            )
-            + f"; best {min(r['mean_abs_error'] for r in ok):.1e} (float32 floor)."
-        )
+        best = min((r for r in ok if r["mean_abs_error"] < 1e-4), key=lambda r: r["nfe"], default=0)
+        reach = "never reaches 1e-4 nats mean error in the tested range"
+        if best:
+            reach = f"mean error < 1e-4 nats from {best['nfe']:.0f} NFE "
+            reach += f"({best['mode']}={best['value']})"
+        floor = min(r["mean_abs_error"] for r in ok)
+        out.append(f"- {solver}: {reach}; best {floor:.1e} (float32 floor).")
     h = sol["hutchinson"]
-    out.append(
-        "- Hutchinson: std per point "
-        + ", ".join(f"{x['std']:.3f} ({x['num_probes']} probes)" for x in h)
-        + "; bias "
-        + ", ".join(f"{x['bias']:+.4f} +- {fmt(x['bias_se'], '.4f')}" for x in h)
-        + " (unbiased within noise; std ~ 1/sqrt(probes))."
-    )
+    stds = ", ".join(f"{x['std']:.3f} ({x['num_probes']} probes)" for x in h)
+    bias = ", ".join(f"{x['bias']:+.4f} +- {fmt(x['bias_se'], '.4f')}" for x in h)
+    why = "unbiased within noise; std ~ 1/sqrt(probes)"
+    out.append(f"- Hutchinson: std per point {stds}; bias {bias} ({why}).")
     return out
 
 
 def write_summary(m: dict, out: Path) -> str:
-    lin, tanh, sol = m["linear_map"], m["tanh_flow"], m["solver_study"]
+    lin, tanh, sol, e = m["linear_map"], m["tanh_flow"], m["solver_study"], m["eval"]
+
+    def setting(r):
+        return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+
+    def nll(r):
+        nll_se = f"{r['test_nll']:.3f} +- {r['test_nll_se']:.3f}"
+        return f"{nll_se} | {fmt(r['gap'], '+.3f')} | {r['nfe']:.0f} | {r['train_seconds']:.0f}"
+
     lines = [
         "# CNF likelihoods (`experiments/cnf_likelihood.py`)",
         "",
         f"Command: `{m['command']}`; wall time {m['wall_seconds']:.0f} s. Every likelihood is",
-        f"`diffeqgen.cnf.log_prob` ({m['eval']['solver']}, rtol {m['eval']['rtol']:g}, "
-        f"atol {m['eval']['atol']:g}, per-sample error control, exact trace unless stated).",
+        f"`diffeqgen.cnf.log_prob` ({e['solver']}, rtol {e['rtol']:g}, atol {e['atol']:g}, "
+        "per-sample error control, exact trace unless stated).",
         "",
         "## Headlines",
         *headlines(m),
@@ -602,10 +472,7 @@ def write_summary(m: dict, out: Path) -> str:
         *_common.table(
             "dataset | entropy | ML CNF NLL | gap | NFE | train s | FM NLL | gap | NFE | train s",
             [
-                f"{ds} | {fmt(c['entropy'])} | {c['test_nll']:.3f} +- {c['test_nll_se']:.3f} | "
-                f"{fmt(c['gap'], '+.3f')} | {c['nfe']:.0f} | {c['train_seconds']:.0f} | "
-                f"{f['test_nll']:.3f} +- {f['test_nll_se']:.3f} | {fmt(f['gap'], '+.3f')} | "
-                f"{f['nfe']:.0f} | {f['train_seconds']:.0f}"
+                f"{ds} | {fmt(c['entropy'])} | {nll(c)} | {nll(f)}"
                 for ds, c, f in (
                     (d, r["ml_cnf"], r["flow_matching"]) for d, r in m["datasets"].items()
                 )
@@ -621,8 +488,8 @@ def write_summary(m: dict, out: Path) -> str:
             [
                 f"{r['solver']} | {setting(r)} | failed | {r['failed'][:60]} |"
                 if r["nfe"] is None
-                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | "
-                f"{r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e}"
+                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | "
+                f"{r['max_abs_error']:.2e}"
                 for r in sol["rows"]
             ],
         ),
@@ -649,16 +516,13 @@ def write_summary(m: dict, out: Path) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = args.cfg
-    out = args.out
+    cfg, out, t_start = args.cfg, args.out, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)
-    progress = True
-    t_start = time.perf_counter()
+    ev = args.ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)
     keys = dict(zip(("tanh", "ml", "fm", "hutch"), jr.split(jr.key(args.seed), 4), strict=True))
     command = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     m = dict(command=command, quick=args.quick, seed=args.seed, eval=ev, config=cfg, timings={})
-    stages = tqdm(total=5, desc="cnf_likelihood", disable=not progress)
+    stages = tqdm(total=5, desc="cnf_likelihood")
 
     def stage(name, fn, *a):
         stages.set_postfix_str(name)
@@ -668,49 +532,36 @@ def main(argv=None) -> dict:
         stages.update()
         return result
 
+    def train_all(kind):
+        test = {ds: None if kind == "ml" else runs[ds]["ml"]["test"] for ds in cfg["datasets"]}
+        return {
+            ds: train_and_score(args, kind, ds, jr.fold_in(keys[kind], i), test[ds])
+            for i, ds in enumerate(cfg["datasets"])
+        }
+
     m["linear_map"] = stage("linear_map", linear_map, cfg, ev, out)
     m["tanh_flow"] = stage("tanh_flow", tanh_flow, cfg, ev, keys["tanh"], out)
-
-    def ml_all():
-        runs = {}
-        for i, ds in enumerate(cfg["datasets"]):
-            run = train_ml_cnf(ds, cfg, ev, jr.fold_in(keys["ml"], i), progress)
-            run["summary"] = nll_summary(run["test_lp"], ds)
-            runs[ds] = run
-        return runs, density_panels(None, runs, cfg, ev, out)
-
-    ml_runs, ml_grids = stage("ml_cnf", ml_all)
-    first = cfg["datasets"][0]
-    m["solver_study_dataset"] = first
-    x_solver = ml_runs[first]["test"][: cfg["n_solver"]]
+    runs = {ds: dict(ml=run) for ds, run in stage("ml_cnf", train_all, "ml").items()}
+    first = m["solver_study_dataset"] = cfg["datasets"][0]
+    x_solver = runs[first]["ml"]["test"][: cfg["n_solver"]]
     m["solver_study"] = stage(
-        "solver_study", solver_study, ml_runs[first]["model"], x_solver, cfg, ev, keys["hutch"],
-        out, progress,
-    )  # fmt: skip
-
-    def fm_all():
-        runs = {}
-        for i, ds in enumerate(cfg["datasets"]):
-            run = train_fm(ds, cfg, ev, jr.fold_in(keys["fm"], i), ml_runs[ds]["test"], progress)
-            run["summary"] = nll_summary(run["test_lp"], ds)
-            runs[ds] = run
-        fm_figure(ml_runs, runs, ml_grids, cfg, ev, out)
-        return runs
-
-    fm_runs = stage("flow_matching", fm_all)
+        "solver_study",
+        solver_study,
+        runs[first]["ml"]["field"],
+        x_solver,
+        cfg,
+        ev,
+        keys["hutch"],
+        out,
+    )
+    for ds, run in stage("flow_matching", train_all, "fm").items():
+        runs[ds]["fm"] = run
     stages.close()
-    m["datasets"] = {}
-    for ds in cfg["datasets"]:
-        c, f = ml_runs[ds], fm_runs[ds]
-        c_res, f_res = c["result"], f["result"]
-        m["datasets"][ds] = dict(
-            ml_cnf=c["summary"]
-            | dict(nfe=c["nfe"], train_seconds=c_res.wall_seconds, train_steps=cfg["steps"])
-            | dict(eval_seconds=c["eval_seconds"])
-            | dict(final_val_nll_rk4=float(c_res.history["val_loss"][-1])),
-            flow_matching=f["summary"]
-            | dict(nfe=f["nfe"], train_seconds=f_res.wall_seconds, train_steps=cfg["fm_steps"]),
-        )
+    density_figures(runs, cfg, ev, out)
+    m["datasets"] = {
+        ds: dict(ml_cnf=r["ml"]["metrics"], flow_matching=r["fm"]["metrics"])
+        for ds, r in runs.items()
+    }
     m["wall_seconds"] = time.perf_counter() - t_start
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
     text = write_summary(m, out)

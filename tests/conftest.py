@@ -1,6 +1,56 @@
+import os
+import shutil
+import tempfile
+
 import jax
 import jax.random as jr
 import pytest
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache per test session, shared by the xdist workers and
+    every study subprocess (they inherit the environment): a study run several times (the resume
+    test, its quick run) compiles its functions once. The cache lives in a temporary folder that
+    the session removes at its end, so no run ever sees another session's compilations."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or _CACHE_ENV in os.environ:
+        return  # a worker inherits the controller's folder; a user's own setting wins
+    folder = tempfile.mkdtemp(prefix="diffeqgen-jax-cache-")
+    config._diffeqgen_jax_cache = folder
+    os.environ[_CACHE_ENV] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    # This process imported JAX before reading the variables (workers read them at import).
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_diffeqgen_jax_cache", None)
+    if folder is not None:
+        os.environ.pop(_CACHE_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# Test modules whose tests run a whole study (a subprocess each, 20-50 s on a quiet machine),
+# longest first. They run before everything else so that the two xdist workers finish together
+# (a long test picked up last would leave one worker idle); whole modules move, so module-scoped
+# fixtures are still set up once.
+_LONG_MODULES = (
+    "test_cnf_study.py",
+    "test_studies_diffusion.py",
+    "test_studies_fm.py",
+    "test_reflow_study.py",
+    "test_conditional_study.py",
+    "test_readme.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ Bounds calibrated on a known-good quick run (seed 0): per-class W2 1.06 x floor 
 1.15), Bayes error 0.3 %, conditional log-likelihood gap -0.007 +- 0.008 nats, label information
 3.0 nats (exact 2.06). With the labels ignored (checked once by training an MLP without
 num_classes) each class's samples spread over all eight components: W2 30 x floor, Bayes
-error 88 %, gap 2.2 nats (about log 8), label information 0.
+error 88 %, gap 2.2 nats (about log 8), label information 0. Trained 500 steps instead of 2000 the
+per-class numbers barely move (1.05 x, max 1.18 x) but the null label's unconditional model does:
+W2 1.76 x floor against 1.30 x (bound 1.5); trained 250 steps, per-class W2 reaches 1.50 x floor
+(max) and the unconditional 1.87 x.
 """
 
 import json
@@ -24,12 +27,12 @@ def check_quality(m):
     ll = m["loglik"]
     assert w0["w"] == 0.0 and guided
     # Per class, w = 0 samples p(x | c): W2 near the class's floor, few samples in other classes.
-    assert w0["w2_over_floor_mean"] < 1.5, w0
-    assert w0["w2_over_floor_max"] < 2.0, w0
+    assert w0["w2_over_floor_mean"] < 1.25, w0
+    assert w0["w2_over_floor_max"] < 1.4, w0
     assert 1 - w0["accuracy"] < 0.02, w0
     # Exact conditional log-likelihood: the gap to the truth is a KL (>= 0 up to noise), small.
     gap = ll["guided"][0]
-    assert -4 * gap["gap_se"] - 0.02 < gap["gap"] < 0.15, gap
+    assert -4 * gap["gap_se"] - 0.02 < gap["gap"] < 0.05, gap
     # The label carries information: log q(x | c) - log q(x | null) (exact: ~log 8).
     assert ll["info_model"] > 1.0 and abs(ll["info_true"] - np.log(8)) < 0.1, ll
     # Guidance pushes each class away from the others (outward, narrower towards its neighbours,
@@ -40,7 +43,7 @@ def check_quality(m):
         assert lg["model"] < gap["model"], lg
     # The null label is the unconditional model of the whole mixture.
     u = m["unconditional"]
-    assert u["w2"] < 2.0 * u["floor"], u
+    assert u["w2"] < 1.5 * u["floor"], u
 
 
 @pytest.mark.slow

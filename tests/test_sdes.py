@@ -115,11 +115,10 @@ def test_validation():
 
 
 def _sample_sde():
-    from diffeqgen import solve
+    # No skip guard: a renamed or missing sampler must fail these tests, not skip them.
+    from diffeqgen.solve import sample_sde
 
-    if not hasattr(solve, "sample_sde"):
-        pytest.skip("diffeqgen.solve.sample_sde not available yet")
-    return solve.sample_sde
+    return sample_sde
 
 
 @pytest.mark.slow

@@ -42,6 +42,19 @@ def test_score_sde_2d_quick(tmp_path):
     assert all(np.isfinite(npz[f"s{i}"]).all() for i in range(len(m["rows"])))
     summary = (out / "summary.md").read_text()
     assert "floor" in summary and "bandwidth" in summary
+    check_score_sde_quality(m)
+
+
+def check_score_sde_quality(m):
+    """Quality bounds of the score_sde_2d quick run (also applied to a broken run by hand).
+
+    Calibrated on a known-good quick run (seed 0, 600 steps, n = 400, floor W2 0.286 +- 0.019):
+    every sampler of both models scores W2 1.69-1.88 x floor and MMD^2 0.009-0.015. Trained 150
+    steps instead of 600 (a broken run): W2 2.0-2.7 x floor, MMD^2 up to 0.042.
+    """
+    for r in m["rows"]:
+        assert r["w2_over_floor"] < 2.1, (r["model"], r["sampler"], r["w2_over_floor"])
+        assert r["mmd"] < 0.025, (r["model"], r["sampler"], r["mmd"])
 
 
 @pytest.mark.slow
@@ -79,6 +92,25 @@ def test_dsm_vs_ddpm_quick(tmp_path):
     for r in m["rows"]:
         x = npz[f"{r['dataset']}_{r['model']}"]
         assert x.shape == (500, 2) and np.isfinite(x).all()
+    check_dsm_quality(m)
+
+
+def check_dsm_quality(m):
+    """Quality bounds of the dsm_vs_ddpm quick run (also applied to a broken run by hand).
+
+    Calibrated on a known-good quick run (seed 0; mixture, floor W2 0.446 +- 0.110, KDE mean
+    test log-likelihood M2 -3.171, mode TV 0.024): W2 1.65 / 2.63 / 2.16 x floor, M2 -3.37 /
+    -3.97 / -3.89 and mode TV 0.06 / 0.04 / 0.06 for DSM / NCSM / DDPM (400 / 400 / 600 steps).
+    Trained 100 / 100 / 150 steps (a broken run): DSM M2 -3.76, NCSM W2 5.7 x floor, DDPM mode TV
+    0.13.
+    """
+    floor = m["floors"]["mixture"]
+    bounds = {"dsm": (2.0, -3.6), "ncsm": (3.1, -4.3), "ddpm": (2.6, -4.2)}
+    for r in m["rows"]:
+        w2_bound, m2_bound = bounds[r["model"]]
+        assert r["w2_over_floor"] < w2_bound, r
+        assert r["M2"] > m2_bound and r["M2"] < floor["M2"] + 0.05, (r, floor["M2"])
+        assert r["mode_tv"] < 0.1, r
 
 
 def _load(script):
@@ -92,7 +124,7 @@ def _load(script):
 
 
 def test_help_subprocess():
-    r = run_script(SCORE_SDE, "--help", timeout=120)
+    r = run_script(SCORE_SDE, "--help")
     assert r.returncode == 0 and "--quick" in r.stdout
 
 

@@ -100,9 +100,11 @@ class Polygon(eqx.Module):
             raise ValueError(
                 "polygon is not simple (self-intersecting): its triangulation does not cover it"
             )
-        self.vertices = jnp.asarray(v, dtype=jnp.float32)
-        self.triangles = jnp.asarray(tri, dtype=jnp.float32)
-        self.log_weights = jnp.asarray(np.log(tri_area / self.area), dtype=jnp.float32)
+        # NumPy, not jnp: building the module-level shapes must not start a JAX backend at
+        # import (jax.distributed.initialize has to come first in multi-host runs).
+        self.vertices = v.astype(np.float32)
+        self.triangles = tri.astype(np.float32)
+        self.log_weights = np.log(tri_area / self.area).astype(np.float32)
 
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
         """Exact uniform samples inside the polygon (jittable for static ``n``)."""

@@ -27,14 +27,13 @@ _SAMPLERS: dict[str, Sampler] = {
     "mixture": toy2d.asymmetric_mixture,
 }
 
-_MIXTURES: dict[str, GaussianMixture] = {
-    "gaussian": toy2d.STANDARD_GAUSSIAN,
-    "8gaussians": toy2d.EIGHT_GAUSSIANS,
-    "mixture": toy2d.ASYMMETRIC_MIXTURE,
+_MIXTURE_NAMES = {
+    "gaussian": "STANDARD_GAUSSIAN",
+    "8gaussians": "EIGHT_GAUSSIANS",
+    "mixture": "ASYMMETRIC_MIXTURE",
 }
-
 _LOG_PROBS = {
-    **{name: m.log_prob for name, m in _MIXTURES.items()},
+    **{name: lambda x, m=m: getattr(toy2d, m).log_prob(x) for name, m in _MIXTURE_NAMES.items()},
     "checkerboard": toy2d.checkerboard_log_prob,
     "cat": shapes.cat_log_prob,
     "dog": shapes.dog_log_prob,
@@ -102,7 +101,7 @@ def log_prob(name: str, x: Float[ArrayLike, "*batch 2"]) -> Float[Array, "*batch
 
 def mixture(name: str) -> GaussianMixture:
     """The ``GaussianMixture`` behind ``gaussian``, ``8gaussians`` or ``mixture``."""
-    return _MIXTURES[check_choice("mixture name", name, _MIXTURES)]
+    return getattr(toy2d, _MIXTURE_NAMES[check_choice("mixture name", name, _MIXTURE_NAMES)])
 
 
 def _mixture_log_pdf_np(m: GaussianMixture, x: np.ndarray) -> np.ndarray:
@@ -163,8 +162,8 @@ def entropy(name: str) -> float:
         return math.log(2 * math.pi * math.e)
     if name in _UNIFORM_AREAS:
         return math.log(_UNIFORM_AREAS[name])
-    if name in _MIXTURES:
-        return mixture_entropy(_MIXTURES[name])
+    if name in _MIXTURE_NAMES:
+        return mixture_entropy(mixture(name))
     raise ValueError(
         f"dataset {name!r} has no known density, so no entropy; available for: "
         f"{', '.join(_LOG_PROBS)}"

@@ -39,29 +39,49 @@ _EIGHT_RADIUS = 4.0 / math.sqrt(2.0)  # FFJORD: centres at radius 4, then everyt
 _EIGHT_STD = 0.5 / math.sqrt(2.0)
 _angles = np.arange(8) * np.pi / 4
 
-STANDARD_GAUSSIAN = GaussianMixture(np.zeros((1, 2)), np.eye(2)[None], np.ones(1))
+# The mixtures below are built on first use (module ``__getattr__``), so that importing the
+# package starts no JAX backend: multi-host runs must call ``jax.distributed.initialize`` first.
+_MIXTURE_ARGS = {
+    "STANDARD_GAUSSIAN": (np.zeros((1, 2)), np.eye(2)[None], np.ones(1)),
+    "EIGHT_GAUSSIANS": (
+        _EIGHT_RADIUS * np.stack([np.cos(_angles), np.sin(_angles)], axis=-1),
+        np.broadcast_to(_EIGHT_STD**2 * np.eye(2), (8, 2, 2)),
+        np.full(8, 1 / 8),
+    ),
+    "ASYMMETRIC_MIXTURE": (
+        np.array([[-2.0, -1.5], [1.8, -1.2], [0.6, 2.0], [-1.8, 1.6]]),
+        np.array(
+            [
+                [[0.50, 0.25], [0.25, 0.30]],
+                [[0.15, 0.00], [0.00, 0.60]],
+                [[0.70, -0.30], [-0.30, 0.25]],
+                [[0.08, 0.00], [0.00, 0.08]],
+            ]
+        ),
+        np.array([0.35, 0.25, 0.28, 0.12]),
+    ),
+}
+
+STANDARD_GAUSSIAN: GaussianMixture
 """``N(0, I_2)`` as a one-component mixture."""
 
-EIGHT_GAUSSIANS = GaussianMixture(
-    _EIGHT_RADIUS * np.stack([np.cos(_angles), np.sin(_angles)], axis=-1),
-    np.broadcast_to(_EIGHT_STD**2 * np.eye(2), (8, 2, 2)),
-    np.full(8, 1 / 8),
-)
+EIGHT_GAUSSIANS: GaussianMixture
 """Eight equal isotropic Gaussians (std 0.354) on a circle of radius 2.83."""
 
-ASYMMETRIC_MIXTURE = GaussianMixture(
-    np.array([[-2.0, -1.5], [1.8, -1.2], [0.6, 2.0], [-1.8, 1.6]]),
-    np.array(
-        [
-            [[0.50, 0.25], [0.25, 0.30]],
-            [[0.15, 0.00], [0.00, 0.60]],
-            [[0.70, -0.30], [-0.30, 0.25]],
-            [[0.08, 0.00], [0.00, 0.08]],
-        ]
-    ),
-    np.array([0.35, 0.25, 0.28, 0.12]),
-)
+ASYMMETRIC_MIXTURE: GaussianMixture
 """The default toy target: four Gaussians with unequal weights and correlated covariances."""
+
+
+@functools.cache
+def _mixture(name: str) -> GaussianMixture:
+    return GaussianMixture(*_MIXTURE_ARGS[name])
+
+
+def __getattr__(name: str):
+    if name in _MIXTURE_ARGS:
+        return _mixture(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CHECKERBOARD_AREA = 32.0
 """Area of the checkerboard support: 8 of the 16 squares of side 2 tiling ``[-4, 4]^2``."""
@@ -90,12 +110,12 @@ def gaussian(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
 
 def eight_gaussians(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     """Eight Gaussians on a circle (exact sample of ``EIGHT_GAUSSIANS``)."""
-    return EIGHT_GAUSSIANS.sample(key, n)
+    return _mixture("EIGHT_GAUSSIANS").sample(key, n)
 
 
 def asymmetric_mixture(key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     """The default asymmetric four-component mixture (exact sample of ``ASYMMETRIC_MIXTURE``)."""
-    return ASYMMETRIC_MIXTURE.sample(key, n)
+    return _mixture("ASYMMETRIC_MIXTURE").sample(key, n)
 
 
 @_jit_sampler

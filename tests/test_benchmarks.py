@@ -1,0 +1,86 @@
+"""Every script in benchmarks/ runs in its --quick mode, into a temporary directory.
+
+Each quick run writes ``<name>_quick.*`` into ``--out`` (never over ``results/``); the tests
+check the files and a few numbers that a broken benchmark would get wrong (errors against the
+exact answers the benchmark measures, not timings).
+"""
+
+import json
+import math
+import pathlib
+
+import pytest
+from helpers import run_ok
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+RESULTS = BENCHMARKS.parent / "results" / "benchmarks"
+
+
+def _run_quick(name, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("*")} if RESULTS.exists() else {}
+    run_ok(BENCHMARKS / f"{name}.py", "--quick", "--out", str(tmp_path))
+    after = {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("*")} if RESULTS.exists() else {}
+    assert after == before, "a --quick run must not write into results/benchmarks"
+    res = json.loads((tmp_path / f"{name}_quick.json").read_text())
+    assert (tmp_path / f"{name}_quick.md").stat().st_size > 0
+    return res
+
+
+def test_every_benchmark_is_tested():
+    assert {p.stem for p in BENCHMARKS.glob("*.py")} == {
+        "ot",
+        "scaling",
+        "solver_accuracy",
+        "throughput",
+    }
+
+
+@pytest.mark.slow
+def test_solver_accuracy_quick(tmp_path):
+    res = _run_quick("solver_accuracy", tmp_path)
+    assert (tmp_path / "solver_accuracy_quick.png").stat().st_size > 0
+    lik = {(r["solver"], r["mode"]): r for r in res["likelihood"]}
+    # Exact field, exact log-density: tsit5 at tol 1e-3 is within 0.2 nats (measured 0.05), and
+    # 4 Euler steps are far worse (measured 2.4): the error is a solver error, not noise.
+    assert lik["tsit5", "adaptive"]["max_err"] < 0.2
+    assert lik["euler", "fixed"]["max_err"] > 5 * lik["tsit5", "adaptive"]["max_err"]
+    assert lik["euler", "fixed"]["nfe"] == 4
+    # The generative SDE with exact v, s: moment error within 3x its Monte Carlo floor.
+    for row in res["sde"]:
+        assert 0 < row["moment_err"] < 3 * res["sde_floor"], row
+
+
+@pytest.mark.slow
+def test_ot_quick(tmp_path):
+    res = _run_quick("ot", tmp_path)
+    for row in res["coupling"]:
+        # Expected cost of the entropic plan over the exact assignment's (measured 1.016).
+        assert 0.95 < row["cost_ratio"] < 1.2, row
+    values = [r["value"] for r in res["divergence"] if r["impl"].startswith("diffeqgen")]
+    assert len(values) == 2 and abs(values[0] - values[1]) < 1e-3 * abs(values[1])
+    for row in res["divergence"]:
+        assert row["grad_err"] is None or row["grad_err"] < 0.05, row
+
+
+@pytest.mark.slow
+def test_throughput_quick(tmp_path):
+    res = _run_quick("throughput", tmp_path)
+    assert res["training_steps"] == 100 and res["repeats"] == 1
+    numbers = [res["training"]["fused_steps_per_s"], res["training"]["per_step_steps_per_s"]]
+    numbers += [r["points_per_s"] for r in res["sampling"]]
+    assert all(math.isfinite(x) and x > 0 for x in numbers)
+    lik = res["likelihood"]
+    # Same field, same tolerance: per-sample and batched error control need similar work.
+    assert 10 < lik["per_sample"]["nfe"] < 1000 and 10 < lik["batched"]["nfe"] < 1000
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path):
+    res = _run_quick("scaling", tmp_path)
+    assert res["devices"] == [1, 2]
+    kinds = {(r["workload"], r["devices"]) for r in res["rows"]}
+    assert kinds == {(w, d) for w in ("training", "sampling", "likelihood") for d in (1, 2)}
+    for r in res["rows"]:
+        assert r["per_second"] > 0 and r["seconds_min"] <= r["seconds"] <= r["seconds_max"]
+    assert (tmp_path / "scaling_quick.png").stat().st_size > 0
+    assert "not real speed-ups" in (tmp_path / "scaling_quick.md").read_text()
