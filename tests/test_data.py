@@ -516,3 +516,20 @@ def test_plotting_helpers(tmp_path, key):
     plotting.scatter(ax, sets["cat"], s=0.5)
     fig2.savefig(tmp_path / "heat.png", dpi=30)
     plt.close("all")
+
+
+def test_a_mixture_first_used_inside_jit_holds_no_tracer():
+    """The module-level mixtures are built on first use (importing starts no JAX backend); a
+    first use inside a trace must still cache concrete arrays (fresh process: empty cache)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.random as jr, diffeqgen as dg\n"
+        "jax.eval_shape(lambda k: dg.data.sample('8gaussians', k, 8), jr.key(0))\n"
+        "jax.jit(lambda k: dg.data.sample('mixture', k, 4))(jr.key(0))\n"
+        "print(dg.data.sample('8gaussians', jr.key(1), 3).shape, dg.data.mixture('mixture').dim)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(3,", "2)", "2"]

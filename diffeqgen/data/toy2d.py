@@ -74,7 +74,10 @@ ASYMMETRIC_MIXTURE: GaussianMixture
 
 @functools.cache
 def _mixture(name: str) -> GaussianMixture:
-    return GaussianMixture(*_MIXTURE_ARGS[name])
+    # Concrete arrays even when first used inside a trace (a sampler called under jit): the
+    # cached mixture must not hold a tracer.
+    with jax.ensure_compile_time_eval():
+        return GaussianMixture(*_MIXTURE_ARGS[name])
 
 
 def __getattr__(name: str):
