@@ -1,15 +1,22 @@
 """Training state, its checkpoint file (atomic write, exact round trip), and continuing from it.
 
-File layout: an 8-byte magic, an 8-byte little-endian header length, a JSON header (format
-version, step, PRNG implementation, sizes of the variable-length arrays), then the leaves of the
-state written by ``equinox.tree_serialise_leaves``. The file is written to ``path + ".tmp"``,
-flushed and fsynced, then moved over ``path`` with ``os.replace``, so a crash mid-write leaves the
-previous checkpoint intact.
+File layout: an 8-byte magic, an 8-byte little-endian header length, a JSON header, then the
+payload: the leaves of the state written by ``equinox.tree_serialise_leaves``. The header holds
+the format version, the step, the PRNG implementation, the sizes of the variable-length arrays,
+the payload's size and SHA-256 checksum, and a fingerprint of the structure it holds (tree
+structure and leaf shapes/dtypes of the model, EMA model and optimiser state). Loading checks
+all of them before deserialising, so a truncated file, flipped bytes or a resume with a
+different model or optimiser give an error naming the file and what differs, never a quiet
+load. The file is written to ``path + ".tmp"``, flushed and fsynced, then moved over ``path``
+with ``os.replace``, so a crash mid-write leaves the previous checkpoint intact.
 """
 
+import hashlib
+import io
 import json
 import os
 import struct
+import tempfile
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -27,7 +34,8 @@ __all__ = [
 ]
 
 _MAGIC = b"DEQGCKP1"
-_VERSION = 1
+_VERSION = 2  # 2: payload checksum and structure fingerprint (1 had neither)
+_STRUCTURED = ("model", "ema_model", "opt_state")
 HISTORY_KEYS = ("step", "loss", "val_step", "val_loss")
 
 
@@ -100,7 +108,13 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
         "key_impl": str(jr.key_impl(key)),
         "key_shape": list(payload["key"].shape),
         "history": {k: [int(v.shape[0]), str(v.dtype)] for k, v in payload["history"].items()},
+        "structure": _fingerprint(payload),
     }
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, payload)
+    data = buffer.getvalue()
+    header["payload_bytes"] = len(data)
+    header["payload_sha256"] = hashlib.sha256(data).hexdigest()
     blob = json.dumps(header).encode()
     tmp = path + ".tmp"
     directory = os.path.dirname(os.path.abspath(path))
@@ -108,7 +122,7 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(_MAGIC + struct.pack("<Q", len(blob)) + blob)
-            eqx.tree_serialise_leaves(f, payload)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -137,13 +151,76 @@ def _read_header(f, path: str) -> dict:
     magic = f.read(len(_MAGIC))
     if magic != _MAGIC:
         raise ValueError(f"checkpoint {path!r} is not a diffeqgen checkpoint (bad magic bytes)")
-    (size,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(size).decode())
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise ValueError(f"checkpoint {path!r} is truncated: its header length is cut off")
+    (size,) = struct.unpack("<Q", raw)
+    blob = f.read(size)
+    if len(blob) != size:
+        raise ValueError(
+            f"checkpoint {path!r} is truncated: its header should have {size} bytes, found "
+            f"{len(blob)}"
+        )
+    try:
+        header = json.loads(blob.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path!r} has a damaged header (not valid JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"checkpoint {path!r} has a damaged header (not a JSON object)")
     if header.get("version") != _VERSION:
         raise ValueError(
-            f"checkpoint {path!r} has format version {header.get('version')!r}, expected {_VERSION}"
+            f"checkpoint {path!r} has format version {header.get('version')!r}, expected "
+            f"{_VERSION} (version 1 files, without checksum and structure fingerprint, were "
+            "written by an older diffeqgen; retrain, or load them with that version)"
         )
+    missing = [
+        k
+        for k in ("step", "key_impl", "key_shape", "history", "structure", "payload_bytes",
+                  "payload_sha256")
+        if k not in header
+    ]  # fmt: skip
+    if missing:
+        raise ValueError(f"checkpoint {path!r} has a damaged header (missing {missing})")
     return header
+
+
+def _leaf_spec(x) -> list:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return [list(map(int, x.shape)), str(x.dtype)]
+    return [None, type(x).__name__]
+
+
+def _serialised(x) -> bool:
+    return hasattr(x, "shape") or isinstance(x, bool | int | float | complex)
+
+
+def _fingerprint(payload: dict) -> dict:
+    """Leaf paths, shapes and dtypes of the model, EMA model and optimiser state.
+
+    The leaves are those ``tree_serialise_leaves`` writes (arrays and Python numbers); their
+    paths (``keystr``: attribute names, indices, the optimiser state's fields) describe the
+    structure. Reprs of the tree definition are not used: they may hold memory addresses.
+    """
+    out = {}
+    for name in _STRUCTURED:
+        leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(payload[name], _serialised))[0]
+        out[name] = [[jax.tree_util.keystr(p), *_leaf_spec(x)] for p, x in leaves]
+    return out
+
+
+def _describe_difference(name: str, a: list, b: list) -> str | None:
+    """What differs between the stored (``a``) and expected (``b``) leaves of ``name``."""
+    for (pa, *sa), (pb, *sb) in zip(a, b, strict=False):
+        if pa != pb:
+            return f"{name} holds {name}{pa} in the file where {name}{pb} is expected"
+        if sa != sb:
+            return (
+                f"{name}{pa} has shape {tuple(sa[0] or ())} and dtype {sa[1]} in the file, "
+                f"expected shape {tuple(sb[0] or ())} and dtype {sb[1]}"
+            )
+    if len(a) != len(b):
+        return f"{name} has {len(a)} arrays in the file, expected {len(b)}"
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
@@ -159,29 +236,54 @@ def load_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        ValueError: Not a checkpoint, truncated, or written for a differently shaped model.
+        ValueError: Not a checkpoint, another format version, a truncated file or damaged
+            header, weights whose checksum does not match (flipped bytes), or a model or
+            optimiser state whose structure, shapes or dtypes differ from ``like`` (the message
+            names the file and the first difference).
     """
     path = os.fspath(path)
     if not isinstance(like, TrainState):
         raise TypeError(f"like must be a TrainState, got {type(like).__name__}")
     with open(path, "rb") as f:
         header = _read_header(f, path)
-        template = {
-            "model": like.model,
-            "ema_model": like.ema_model,
-            "opt_state": like.opt_state,
-            "key": np.zeros(header["key_shape"], np.uint32),
-            "history": {k: np.zeros(n, np.dtype(dt)) for k, (n, dt) in header["history"].items()},
-        }
-        try:
-            out = eqx.tree_deserialise_leaves(f, template)
-        except (RuntimeError, ValueError, EOFError, OSError) as e:
+        data = f.read(int(header["payload_bytes"]) + 1)
+    size = int(header["payload_bytes"])
+    if len(data) < size:
+        raise ValueError(
+            f"checkpoint {path!r} is truncated: {size} bytes of weights expected after the "
+            f"header, found {len(data)}"
+        )
+    if len(data) > size:
+        raise ValueError(f"checkpoint {path!r} has trailing data; expected end of file")
+    if hashlib.sha256(data).hexdigest() != header["payload_sha256"]:
+        raise ValueError(
+            f"checkpoint {path!r} is damaged: the SHA-256 checksum of its {size} bytes of weights "
+            "does not match the one stored in its header (bytes changed on disk or in transfer)"
+        )
+    template = {
+        "model": like.model,
+        "ema_model": like.ema_model,
+        "opt_state": like.opt_state,
+        "key": np.zeros(header["key_shape"], np.uint32),
+        "history": {k: np.zeros(n, np.dtype(dt)) for k, (n, dt) in header["history"].items()},
+    }
+    wanted = _fingerprint(template)
+    for name in _STRUCTURED:
+        diff = _describe_difference(name, header["structure"][name], wanted[name])
+        if diff is not None:
+            what = "optimiser" if name == "opt_state" else "model"
             raise ValueError(
-                f"checkpoint {path!r} could not be loaded into the given model/optimiser "
-                f"structure (truncated file or different model): {e}"
-            ) from e
-        if f.read(1):
-            raise ValueError(f"checkpoint {path!r} has trailing data; expected end of file")
+                f"checkpoint {path!r} could not be loaded: it does not match the given {what}: "
+                f"{diff} (a different "
+                f"{'optimiser or trainable selection' if name == 'opt_state' else 'model'} "
+                "than the run that wrote it?)"
+            )
+    try:
+        out = eqx.tree_deserialise_leaves(io.BytesIO(data), template)
+    except (RuntimeError, ValueError, EOFError, OSError) as e:
+        raise ValueError(
+            f"checkpoint {path!r} could not be loaded into the given model/optimiser structure: {e}"
+        ) from e
     key = jr.wrap_key_data(out["key"], impl=header["key_impl"])
     return TrainState(
         model=out["model"],
@@ -245,3 +347,22 @@ def continue_from(start: TrainState, model, optimizer, trainable) -> TrainState:
             "init=state._replace(opt_state=None) to start the optimiser afresh"
         )
     return start._replace(step=int(start.step))
+
+
+def check_writable(path: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless a checkpoint can be written there.
+
+    Creates the directory if needed (as the write would) and a temporary file in it.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint={path!r} is a directory; give a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".deqg-write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"checkpoint={path!r} cannot be written ({type(e).__name__}: {e}); checked before "
+            "training so that no work is lost"
+        ) from e

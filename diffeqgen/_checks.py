@@ -22,6 +22,11 @@ __all__ = [
     "check_finite",
     "finite_or_raise",
     "is_traced",
+    "as_path",
+    "as_mixture",
+    "as_key",
+    "check_unit_time",
+    "check_same_length",
 ]
 
 
@@ -138,3 +143,96 @@ def check_finite(name: str, x):
 def finite_or_raise(name: str, x):
     """Inside jit: return ``x`` with a runtime check that it is finite (use the result!)."""
     return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"{name} contains NaN or inf")
+
+
+def as_path(value, name: str = "path", *, names: bool = True):
+    """A ``GaussianPath`` as is, or (``names=True``) a registered name -> ``paths.get_path``.
+
+    Anything else raises ``TypeError`` naming the argument (not an ``AttributeError`` from deep
+    inside, when a path is used); a name where only objects are taken says how to build one.
+    """
+    from ._gaussian_paths import PATH_NAMES, GaussianPath, get_path
+
+    if isinstance(value, str) and names:
+        return get_path(value)
+    if not isinstance(value, GaussianPath):
+        what = "a built-in path, custom_path(...) or a subclass"
+        if names:
+            raise TypeError(
+                f"{name} must be a GaussianPath (diffeqgen.paths: {what}) or one of the names "
+                f"{', '.join(PATH_NAMES)}, got {_describe(value)}"
+            )
+        hint = (
+            f"; build it with diffeqgen.paths.get_path({value!r})" if isinstance(value, str) else ""
+        )
+        raise TypeError(
+            f"{name} must be a GaussianPath (diffeqgen.paths: {what}), got {_describe(value)}{hint}"
+        )
+    return value
+
+
+def as_mixture(value, name: str = "mixture"):
+    """A ``data.GaussianMixture`` as is, or a dataset name with one -> ``data.mixture(name)``."""
+    from .data import mixture as _mixture_by_name
+    from .data.mixture import GaussianMixture
+
+    if isinstance(value, str):
+        return _mixture_by_name(value)
+    if not isinstance(value, GaussianMixture):
+        raise TypeError(
+            f"{name} must be a diffeqgen.data.GaussianMixture or the name of a dataset that has "
+            f"one (see diffeqgen.data.mixture), got {_describe(value)}"
+        )
+    return value
+
+
+def as_key(value, name: str = "key"):
+    """A PRNG key: typed keys and raw ``uint32[2]`` keys as is, an int seed -> ``jax.random.key``.
+
+    Anything else raises ``TypeError`` saying a PRNG key is needed.
+    """
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return jax.random.key(int(value))
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or (dtype == jnp.uint32 and tuple(getattr(value, "shape", ())) == (2,))
+    ):
+        return value
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(seed)) or an int seed, got {_describe(value)}"
+    )
+
+
+def check_unit_time(name: str, t, lo: float = 0.0, hi: float = 1.0, *, what: str = ""):
+    """Refuse concrete times outside ``[lo, hi]`` with a clear ``ValueError``; traced: runtime.
+
+    Concrete values are checked eagerly; inside the user's ``jit``/``grad``/``vmap`` the check is
+    an ``eqx.error_if`` on the returned array (use it). Returns ``t`` (as given when concrete).
+    """
+    where = f" ({what})" if what else ""
+    if is_traced(t):
+        ta = jnp.asarray(t)
+        bad = jnp.any((ta < lo) | (ta > hi) | ~jnp.isfinite(ta))
+        return eqx.error_if(ta, bad, f"{name} must lie in [{lo:g}, {hi:g}]{where}")
+    try:
+        arr = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number or array, got {_describe(t)}") from None
+    if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= lo and arr.max() <= hi):
+        bad = arr[~(np.isfinite(arr) & (arr >= lo) & (arr <= hi))].ravel()
+        raise ValueError(
+            f"{name} must lie in [{lo:g}, {hi:g}]{where}, got {bad[0]:g}"
+            + (f" (and {bad.size - 1} more outside)" if bad.size > 1 else "")
+        )
+    return t
+
+
+def check_same_length(name_a: str, a, name_b: str, b) -> None:
+    """Raise ``ValueError`` naming both shapes when two arrays' leading axes differ."""
+    sa, sb = tuple(np.shape(a)), tuple(np.shape(b))
+    if not sa or not sb or sa[0] != sb[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same number of rows (batch size), got shapes "
+            f"{sa} and {sb}"
+        )

@@ -17,6 +17,7 @@ import jax.random as jr
 from . import solve as _solve
 from ._checks import check_choice, check_int, check_positive, is_traced
 from ._conditioning import in_axes, merge, one_sample
+from ._failures import NONFINITE, NONFINITE_EVENT, all_finite
 from ._gaussian_paths import GaussianPath
 from ._solvers import _time_arrays, eager_fsal, evals_per_step
 from ._types import Array
@@ -83,7 +84,14 @@ def _integrate(
     trace,
     per_sample,
 ):
-    """Solve the augmented ODE from t_start to t_end; return (z, delta, num_steps)."""
+    """Solve the augmented ODE from t_start to t_end; return (z, delta, status).
+
+    ``status``: Diffrax's result code, steps taken and the time reached (per sample, or of the
+    batched solve). Fixed steps stop at the first non-finite state (``NONFINITE_EVENT``;
+    not with ``BacksolveAdjoint``, which Diffrax refuses with events).
+    """
+    fixed = isinstance(controller, diffrax.ConstantStepSize)
+    event = None if not fixed or isinstance(adjoint, diffrax.BacksolveAdjoint) else NONFINITE_EVENT
 
     def run(z, delta, probes, user_args, batched):
         term = diffrax.ODETerm(_Augmented(vector_field, trace, batched))
@@ -98,16 +106,20 @@ def _integrate(
             stepsize_controller=controller,
             adjoint=adjoint,
             max_steps=max_steps,
+            throw=False,
+            event=event,
         )
-        return sol.ys[0][0], sol.ys[1][0], sol.stats["num_steps"]
+        status = dict(
+            result=sol.result._value, num_steps=sol.stats["num_steps"], t_reached=sol.ts[-1]
+        )
+        return sol.ys[0][0], sol.ys[1][0], status
 
     if per_sample:
         axes = (0, 0, 0, in_axes(user_args))
         return jax.vmap(lambda z_, d_, p_, a_: run(z_, d_, p_, a_, False), in_axes=axes)(
             z, delta, probes, user_args
         )
-    z1, d1, steps = run(z, delta, probes, user_args, True)
-    return z1, d1, jnp.full(z.shape[:1], steps)
+    return run(z, delta, probes, user_args, True)
 
 
 def _validate(
@@ -228,7 +240,7 @@ def _solve_augmented(
         dt0 = jnp.asarray((t_end - t_start) / steps, dtype)
         per_sample = False  # identical answers; one batched state is faster
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    z_end, delta, num_steps = _integrate(
+    z_end, delta, status = _integrate(
         vector_field,
         z,
         jnp.zeros((n,), dtype),
@@ -244,7 +256,8 @@ def _solve_augmented(
         trace=trace,
         per_sample=per_sample,
     )
-    return z_end, delta, _nfe(solver, num_steps)
+    num_steps = jnp.broadcast_to(status["num_steps"], (n,))
+    return z_end, delta, _nfe(solver, num_steps), status
 
 
 def _nfe(solver, num_steps: Array) -> Array:
@@ -276,3 +289,41 @@ def _default_base(vector_field: Callable, base: Any, event_shape, t0) -> Any:
     if isinstance(path, GaussianPath):
         return path.prior(tuple(event_shape), t=t0)
     return None
+
+
+def _check_likelihood(
+    where, vector_field, log_p, z_end, status, *, t_start, t_end, steps, solver, max_steps,
+    rtol, atol, args, throw,
+):  # fmt: skip
+    """Raise (``throw``) on a failed or non-finite likelihood solve; return ``(log_p, ok)``.
+
+    ``ok`` has one entry per sample: the solve succeeded and ``log_p`` and the state are
+    finite; with ``throw=False`` the other entries of ``log_p`` are set to NaN. A fixed-step
+    solve of the batch stops for every sample at the first non-finite state, so all samples
+    are flagged then.
+    """
+    from ._solve_common import _solver_label, check_solve, field_probe
+
+    finite = jnp.isfinite(log_p) & jax.vmap(all_finite)(z_end)
+    out = dict(status, finite=finite, x=z_end)
+    if steps is None:
+        hint = (
+            f"increase max_steps (now {max_steps}) or loosen rtol/atol (now {rtol}/{atol}); a "
+            "stiff or non-smooth field (ReLU/SELU kinks) needs many steps"
+        )
+        fixed, probe = None, field_probe(vector_field, args, t_start, t_end)
+    else:
+        hint = (
+            "Check the vector field (and its Jacobian trace) for NaN/inf near that time; a "
+            f"field that blows up may need more steps (now {steps}) or steps=None (adaptive)"
+        )
+        fixed, probe = (steps, t_start, t_end), None
+    log_p, st = check_solve(
+        out, log_p, where=where, solver_name=_solver_label(solver), max_steps=max_steps,
+        hint=hint, throw=throw, fixed=fixed, probe=probe,
+        what=NONFINITE + " in the state [z, log-density]",
+    )  # fmt: skip
+    ok = jnp.broadcast_to(st["ok_each"], log_p.shape)
+    if not throw:  # a value that is not trustworthy is NaN, never a plausible number
+        log_p = jnp.where(ok, log_p, jnp.nan)
+    return log_p, ok

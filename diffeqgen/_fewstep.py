@@ -36,6 +36,7 @@ import numpy as np
 
 from ._checks import check_choice, check_int, check_nonnegative
 from ._conditioning import batched, pack
+from ._failures import all_finite, concrete, report
 from ._gaussian_paths import _VANISH_RTOL, GaussianPath, _coef
 from ._parametrisations import _Converted, convert
 from ._solvers import Solution, _check_output, _check_x0, _concrete
@@ -593,8 +594,13 @@ def sample_fewstep(
     saveat,
     args,
     cond,
+    throw=True,
 ) -> Solution:
-    """The few-step branch of ``solve.sample_ode`` (validated arguments; see its docstring)."""
+    """The few-step branch of ``solve.sample_ode`` (validated arguments; see its docstring).
+
+    Non-finite results fail loudly like every sampler (``throw``): one finiteness check of the
+    final state, reported by ``_failures.report`` (the step is not tracked: ``fail_step`` 0).
+    """
     sampler = get_sampler(solver)
     label = solver if isinstance(solver, str) else type(solver).__name__
     if steps is None:
@@ -634,7 +640,22 @@ def sample_fewstep(
     last_deg = _degenerate(path, c1, "sigma")
     x, nfe = _run(sampler, den, path, x, args, key if churn else None, c0, c1, steps, grid,
                   first_deg, last_deg)  # fmt: skip
-    return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0)
+    ok = all_finite(x)
+    hint = (
+        f"The few-step sampler {label!r} ran {steps} steps on the {grid!r} grid from t = {c0:g} "
+        f"to {c1:g}; check the model for NaN/inf near the ends of the path"
+    )
+    x = report(
+        x, ok=ok, step=jnp.zeros((), jnp.int32), total=steps, where="sample_ode", throw=throw,
+        describe=lambda k: f"step {k} of {steps}", hint=hint,
+    )  # fmt: skip
+    c_ok = concrete(ok)
+    status = (
+        dict(ok=ok, fail_step=jnp.zeros((), jnp.int32), fail_t=jnp.where(ok, jnp.nan, jnp.nan))
+        if c_ok is None
+        else dict(ok=bool(c_ok), fail_step=0, fail_t=float("nan"))
+    )
+    return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0, **status)
 
 
 def _is_multistep(sampler):

@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_choice, check_positive
+from ._checks import check_choice, check_positive, check_unit_time, is_traced
 from ._priors import IsotropicGaussian
 from ._types import RealScalarLike
 
@@ -41,6 +41,21 @@ def _time(t) -> Array:
     return t
 
 
+def _check_t(t):
+    """Refuse a concrete time outside [0, 1] (traced times are used as given: hot path)."""
+    if not is_traced(t):
+        check_unit_time("t", t, what="0 = noise, 1 = data")
+    return t
+
+
+def _same_shape(name_a, a, name_b, b):
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
 def _expand(c: Array, x: Array) -> Array:
     """Right-pad a coefficient shaped like ``t`` with unit axes so it broadcasts against ``x``.
 
@@ -48,7 +63,7 @@ def _expand(c: Array, x: Array) -> Array:
     """
     if c.ndim == 0:
         return c
-    if c.ndim > x.ndim:
+    if c.ndim > x.ndim or tuple(c.shape) != tuple(x.shape[: c.ndim]):
         raise ValueError(
             f"t has shape {tuple(c.shape)} but x has shape {tuple(x.shape)}; t must be a scalar or"
             " index the leading (batch) axes of x"
@@ -369,7 +384,8 @@ class GaussianPath(eqx.Module):
     ) -> Float[Array, "..."]:
         """Return x_t = alpha(t) x1 + sigma(t) eps (shapes (..., *event); t scalar or leading)."""
         x1, eps = jnp.asarray(x1), jnp.asarray(eps)
-        t = _time(t)
+        _same_shape("x1", x1, "eps", eps)
+        t = _time(_check_t(t))
         return _expand(_coef(self.alpha, t), x1) * x1 + _expand(_coef(self.sigma, t), x1) * eps
 
     def sample(
@@ -377,6 +393,7 @@ class GaussianPath(eqx.Module):
     ) -> Float[Array, "..."]:
         """Draw x_t ~ p_t(. | x1) = N(alpha(t) x1, sigma(t)^2 I), same shape as ``x1``."""
         x1 = jnp.asarray(x1)
+        _check_t(t)
         eps = jr.normal(key, x1.shape, x1.dtype)
         return self.interpolate(x1, eps, t)
 
@@ -389,7 +406,8 @@ class GaussianPath(eqx.Module):
         form); on the path it equals ``cond_velocity_on_path``. Uses the clipped t.
         """
         x, x1 = jnp.asarray(x), jnp.asarray(x1)
-        t = self.clip(t)
+        _same_shape("x", x, "x1", x1)
+        t = self.clip(_check_t(t))
         a, s = _expand(_coef(self.alpha, t), x), _expand(_coef(self.sigma, t), x)
         da, ds = _expand(_coef(self.d_alpha, t), x), _expand(_coef(self.d_sigma, t), x)
         return da * x1 + ds / s * (x - a * x1)
@@ -399,7 +417,8 @@ class GaussianPath(eqx.Module):
     ) -> Float[Array, "..."]:
         """Conditional velocity on the path, d_alpha(t) x1 + d_sigma(t) eps (the CFM target)."""
         x1, eps = jnp.asarray(x1), jnp.asarray(eps)
-        t = _time(t)
+        _same_shape("x1", x1, "eps", eps)
+        t = _time(_check_t(t))
         da, ds = _coef(self.d_alpha, t), _coef(self.d_sigma, t)
         return _expand(da, x1) * x1 + _expand(ds, x1) * eps
 
@@ -408,7 +427,8 @@ class GaussianPath(eqx.Module):
     ) -> Float[Array, "..."]:
         """Conditional score grad_x log p_t(x | x1) = -(x - alpha x1) / sigma^2 (clipped t)."""
         x, x1 = jnp.asarray(x), jnp.asarray(x1)
-        t = self.clip(t)
+        _same_shape("x", x, "x1", x1)
+        t = self.clip(_check_t(t))
         a, s = _expand(_coef(self.alpha, t), x), _expand(_coef(self.sigma, t), x)
         return -(x - a * x1) / s**2
 

@@ -23,6 +23,8 @@ import jax.random as jr
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ._checks import check_int, check_positive
+
 __all__ = ["squared_cost", "sinkhorn_log_plan", "ot_pairing"]
 
 
@@ -33,6 +35,11 @@ def squared_cost(
 
     Computed as ``|a|^2 + |b|^2 - 2 a.b`` (no ``(n, m, d)`` intermediate), clipped at 0.
     """
+    if tuple(x0.shape[1:]) != tuple(x1.shape[1:]):
+        raise ValueError(
+            f"x0 and x1 must have the same event shape, got shapes {tuple(x0.shape)} and "
+            f"{tuple(x1.shape)}"
+        )
     a = x0.reshape(x0.shape[0], -1)
     b = x1.reshape(x1.shape[0], -1)
     cost = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
@@ -60,6 +67,10 @@ def sinkhorn_log_plan(
     Returns:
         ``log P`` of shape ``(n, m)``.
     """
+    if jnp.ndim(cost) != 2:
+        raise ValueError(f"cost must be a matrix (n, m), got shape {tuple(jnp.shape(cost))}")
+    epsilon = check_positive("epsilon", epsilon, traced_ok=True)
+    num_iters = check_int("num_iters", num_iters)
     cost = jax.lax.stop_gradient(cost)
     n, m = cost.shape
     scale = jnp.maximum(jnp.mean(cost), jnp.finfo(cost.dtype).tiny)
@@ -98,5 +109,10 @@ def ot_pairing(
     expectation (each column of the plan sums to 1/n), so the coupling does not bias which targets
     are trained on.
     """
+    if x0.shape != x1.shape:
+        raise ValueError(
+            f"x0 and x1 must have the same shape (one partner each), got shapes "
+            f"{tuple(x0.shape)} and {tuple(x1.shape)}"
+        )
     log_plan = sinkhorn_log_plan(squared_cost(x0, x1), epsilon=epsilon, num_iters=num_iters)
     return jr.categorical(key, log_plan, axis=1)

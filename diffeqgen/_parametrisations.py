@@ -24,7 +24,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_choice
+from ._checks import as_path, check_choice, check_unit_time, is_traced
 from ._gaussian_paths import GaussianPath, TimeLike, _coef, _expand
 
 __all__ = ["KINDS", "MODEL_KINDS", "convert", "as_vector_field", "as_score"]
@@ -76,7 +76,7 @@ def convert(
         pred: the prediction, same shape as ``x``.
         x: the noisy point x_t, shape (..., *event).
         t: time (0 noise, 1 data): scalar, or indexing the leading axes of ``x``. Clipped into
-            [path.t_min, path.t_max].
+            [path.t_min, path.t_max]; a concrete t outside [0, 1] raises ``ValueError``.
         path: the Gaussian path the prediction refers to.
         source: kind of ``pred``, one of ``KINDS``.
         target: kind wanted, one of ``KINDS``.
@@ -86,6 +86,9 @@ def convert(
     """
     check_choice("source", source, KINDS)
     check_choice("target", target, KINDS)
+    path = as_path(path, names=False)
+    if not is_traced(t):
+        check_unit_time("t", t, what="0 = noise, 1 = data")
     pred, x = jnp.asarray(pred), jnp.asarray(x)
     if pred.shape != x.shape:
         raise ValueError(f"pred and x must have the same shape, got {pred.shape} and {x.shape}")
@@ -121,14 +124,6 @@ class _Converted(eqx.Module):
         )
 
 
-def _check_path(path):
-    if not isinstance(path, GaussianPath):
-        raise TypeError(
-            f"path must be a diffeqgen.paths.GaussianPath (a built-in path, custom_path(...) or "
-            f"a subclass), got {path!r}"
-        )
-
-
 def as_vector_field(
     model: Callable, path: GaussianPath, kind: str
 ) -> Callable[[Any, Array, Any], Array]:
@@ -147,8 +142,7 @@ def as_vector_field(
     the VE path), not N(0, I).
     """
     check_choice("kind", kind, MODEL_KINDS)
-    _check_path(path)
-    return _Converted(model, path, kind, "velocity")
+    return _Converted(model, as_path(path, names=False), kind, "velocity")
 
 
 def as_score(model: Callable, path: GaussianPath, kind: str) -> Callable[[Any, Array, Any], Array]:
@@ -157,5 +151,4 @@ def as_score(model: Callable, path: GaussianPath, kind: str) -> Callable[[Any, A
     The score grad_x log p_t(x) of the path's marginal, as an Equinox module with ``path``.
     """
     check_choice("kind", kind, MODEL_KINDS)
-    _check_path(path)
-    return _Converted(model, path, kind, "score")
+    return _Converted(model, as_path(path, names=False), kind, "score")

@@ -5,9 +5,10 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_int
+from ._checks import check_int, is_traced
 
 __all__ = ["IsotropicGaussian"]
 
@@ -44,6 +45,10 @@ class IsotropicGaussian(eqx.Module):
         self.scale = jnp.asarray(scale, jnp.result_type(float))
         if self.scale.ndim != 0:
             raise ValueError(f"scale must be a scalar, got shape {tuple(self.scale.shape)}")
+        if is_traced(self.scale):
+            self.scale = eqx.error_if(self.scale, ~(self.scale > 0), "scale must be finite > 0")
+        elif not (np.isfinite(float(self.scale)) and float(self.scale) > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
         self.event_shape = _event(event_shape)
 
     @property

@@ -18,6 +18,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 from ._checks import check_int, check_nonnegative, check_positive, is_traced
 from ._conditioning import batched as _batched
 from ._conditioning import pack
+from ._failures import NONFINITE, concrete, first_bad, grid_describe, report
 from ._solvers import (
     Solution,
     _as_drift_diffusion,
@@ -47,8 +48,29 @@ def _check_schedule(schedule):
         raise TypeError(f"schedule must be a diffeqgen.paths.DDPMSchedule, got {type(schedule)}")
 
 
-def _fixed(x, nfe, steps):
-    return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0)
+def _fixed(x, bad, nfe, steps, *, where, throw, total, describe, hint="", t_of=None):
+    """The ``Solution`` of a scan whose carry held ``bad``, the first non-finite step (0: none).
+
+    ``throw=True`` raises (eagerly with the step, or by ``eqx.branched_error_if`` when traced)
+    if ``bad > 0``; ``throw=False`` returns ``ok``/``fail_step``/``fail_t`` for the caller
+    (``fail_t = t_of(bad)`` when the steps have times, else NaN).
+    """
+    ok = bad == 0
+    x = report(
+        x, ok=ok, step=bad, total=total, where=where, throw=bool(throw), describe=describe,
+        what=NONFINITE + " in the state", hint=hint,
+    )  # fmt: skip
+    fail_t = jnp.asarray(jnp.nan, x.dtype) if t_of is None else t_of(bad)
+    fail_t = jnp.where(ok, jnp.nan, fail_t)
+    c_bad = concrete(bad)
+    if c_bad is not None:
+        status = dict(ok=bool(c_bad == 0), fail_step=int(c_bad), fail_t=float(fail_t))
+    else:
+        status = dict(ok=ok, fail_step=bad, fail_t=fail_t)
+    return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0, **status)
+
+
+_HINT = "Check the model for NaN/inf (its output at that step) and the schedule or step size"
 
 
 # ------------------------------------------------------------------------------------ DDPM
@@ -60,16 +82,18 @@ def _ddpm_core(eps_model, key, x, betas, alphas, alpha_bars, args):
     eps_b = _batched(eps_model)
     dtype = x.dtype
 
-    def body(x, k):
+    def body(carry, k):
+        x, bad = carry
         beta, alpha, ab = betas[k - 1], alphas[k - 1], alpha_bars[k - 1]
         t = (1.0 - k / T).astype(dtype)
         eps = eps_b(t, x, args)
         mean = (x - (beta / jnp.sqrt(1.0 - ab)) * eps) / jnp.sqrt(alpha)
         z = jr.normal(jr.fold_in(key, k), x.shape, dtype)
-        return mean + jnp.where(k > 1, jnp.sqrt(beta), 0.0) * z, None
+        x = mean + jnp.where(k > 1, jnp.sqrt(beta), 0.0) * z
+        return (x, first_bad(bad, x, T - k + 1)), None
 
-    x, _ = jax.lax.scan(body, x, jnp.arange(T, 0, -1))
-    return x
+    (x, bad), _ = jax.lax.scan(body, (x, jnp.int32(0)), jnp.arange(T, 0, -1))
+    return x, bad
 
 
 def ddpm_sample(
@@ -80,6 +104,7 @@ def ddpm_sample(
     *,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with sigma_k^2 = beta_k.
 
@@ -93,6 +118,8 @@ def ddpm_sample(
         schedule: a ``diffeqgen.paths.DDPMSchedule``.
         args: passed to ``eps_model`` (shared by every sample).
         cond: optional per-sample condition (leading axis n), mapped with the samples.
+        throw: raise ``RuntimeError`` naming the step when the state becomes non-finite (the
+            default); ``False`` returns the ``Solution`` with ``ok``/``fail_step`` instead.
 
     Returns:
         ``Solution`` with ``x`` (approximately data, step k = 0) and ``nfe = T``.
@@ -102,11 +129,19 @@ def ddpm_sample(
     args = pack(args, cond, x.shape[0], "ddpm_sample")
     _check_output("eps_model", eps_model, 1.0, x, args)
     cast = lambda a: jnp.asarray(a, x.dtype)  # noqa: E731
-    x = _ddpm_core(
+    x, bad = _ddpm_core(
         eps_model, key, x, cast(schedule.betas), cast(schedule.alphas),
         cast(schedule.alpha_bars), args,
     )  # fmt: skip
-    return _fixed(x, schedule.num_steps, schedule.num_steps)
+    T = schedule.num_steps
+
+    def describe(j):
+        return f"update {j} of {T} (k = {T - j + 1} -> {T - j}, model time t = {(j - 1) / T:.6g})"
+
+    return _fixed(
+        x, bad, T, T, where="ddpm_sample", throw=throw, total=T, describe=describe, hint=_HINT,
+        t_of=lambda j: (j - 1).astype(x.dtype) / T,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ DDIM
@@ -117,8 +152,9 @@ def _ddim_core(eps_model, key, x, ks, abar_full, eta, T, args):
     eps_b = _batched(eps_model)
     dtype = x.dtype
 
-    def body(x, pair):
-        k, k_prev = pair
+    def body(carry, inp):
+        x, bad = carry
+        j, k, k_prev = inp
         ab, ab_prev = abar_full[k], abar_full[k_prev]
         eps = eps_b((1.0 - k / T).astype(dtype), x, args)
         x0 = (x - jnp.sqrt(1.0 - ab) * eps) / jnp.sqrt(ab)
@@ -127,10 +163,11 @@ def _ddim_core(eps_model, key, x, ks, abar_full, eta, T, args):
         x = jnp.sqrt(ab_prev) * x0 + direction
         if key is not None:
             x = x + sigma * jr.normal(jr.fold_in(key, k), x.shape, dtype)
-        return x, None
+        return (x, first_bad(bad, x, j)), None
 
-    x, _ = jax.lax.scan(body, x, (ks[:-1], ks[1:]))
-    return x
+    steps = jnp.arange(1, ks.shape[0], dtype=jnp.int32)
+    (x, bad), _ = jax.lax.scan(body, (x, jnp.int32(0)), (steps, ks[:-1], ks[1:]))
+    return x, bad
 
 
 def ddim_sample(
@@ -143,6 +180,7 @@ def ddim_sample(
     key: PRNGKeyArray | None = None,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""DDIM sampling (Song, Meng, Ermon 2021) on a subsequence of the DDPM steps.
 
@@ -162,6 +200,8 @@ def ddim_sample(
         key: PRNG key (only for eta > 0).
         args: passed to ``eps_model`` (shared by every sample).
         cond: optional per-sample condition (leading axis n), mapped with the samples.
+        throw: raise ``RuntimeError`` naming the step when the state becomes non-finite (the
+            default); ``False`` returns the ``Solution`` with ``ok``/``fail_step`` instead.
 
     Returns:
         ``Solution`` with ``x`` and ``nfe = steps``.
@@ -183,8 +223,18 @@ def ddim_sample(
     ks = np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
     abar_full = jnp.asarray(schedule.alpha_bar(jnp.arange(T + 1)), x.dtype)
     noisy = is_traced(eta) or eta > 0
-    x = _ddim_core(eps_model, key if noisy else None, x, jnp.asarray(ks), abar_full, eta, T, args)
-    return _fixed(x, steps, steps)
+    x, bad = _ddim_core(
+        eps_model, key if noisy else None, x, jnp.asarray(ks), abar_full, eta, T, args
+    )
+
+    def describe(j):
+        k, k2 = int(ks[j - 1]), int(ks[j])
+        return f"update {j} of {steps} (k = {k} -> {k2}, model time t = {1 - k / T:.6g})"
+
+    return _fixed(
+        x, bad, steps, steps, where="ddim_sample", throw=throw, total=steps, describe=describe,
+        hint=_HINT, t_of=lambda j: 1 - jnp.asarray(ks, x.dtype)[j - 1] / T,
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- Langevin
@@ -195,12 +245,14 @@ def _langevin_core(score, key, x, t, step_size, num_steps, temperature, args):
     score_b = _batched(score)
     noise_scale = jnp.sqrt(2.0 * step_size * temperature)
 
-    def body(x, i):
+    def body(carry, i):
+        x, bad = carry
         z = jr.normal(jr.fold_in(key, i), x.shape, x.dtype)
-        return x + step_size * score_b(t, x, args) + noise_scale * z, None
+        x = x + step_size * score_b(t, x, args) + noise_scale * z
+        return (x, first_bad(bad, x, i + 1)), None
 
-    x, _ = jax.lax.scan(body, x, jnp.arange(num_steps))
-    return x
+    (x, bad), _ = jax.lax.scan(body, (x, jnp.int32(0)), jnp.arange(num_steps))
+    return x, bad
 
 
 def langevin_mcmc(
@@ -214,6 +266,7 @@ def langevin_mcmc(
     t: RealScalarLike = 1.0,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""Unadjusted Langevin algorithm (no Metropolis correction), every chain in parallel.
 
@@ -235,6 +288,9 @@ def langevin_mcmc(
         t: the time (or noise level, for a noise-conditional score) the score is taken at.
         args: passed to ``score`` (shared by every chain).
         cond: optional per-chain condition (leading axis n), mapped with the chains.
+        throw: raise ``RuntimeError`` naming the step when a chain becomes non-finite (the
+            default; e.g. a step size too large for the score); ``False`` returns the
+            ``Solution`` with ``ok``/``fail_step`` instead.
 
     Returns:
         ``Solution`` with the final states and ``nfe = num_steps``.
@@ -246,8 +302,12 @@ def langevin_mcmc(
     args = pack(args, cond, x.shape[0], "langevin_mcmc")
     _check_output("score", score, t, x, args)
     ta = jnp.asarray(t, x.dtype)
-    x = _langevin_core(score, key, x, ta, step_size, num_steps, temperature, args)
-    return _fixed(x, num_steps, num_steps)
+    x, bad = _langevin_core(score, key, x, ta, step_size, num_steps, temperature, args)
+    return _fixed(
+        x, bad, num_steps, num_steps, where="langevin_mcmc", throw=throw, total=num_steps,
+        describe=lambda j: f"step {j} of {num_steps}",
+        hint=f"Check the score for NaN/inf; a step_size too large (now {step_size}) diverges",
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------- predictor-corrector
@@ -271,7 +331,8 @@ def _pc_core(drift, diffusion, score, key, x, t0, t1, steps, corrector_steps, sn
         h = 2.0 * ratio**2
         return x + h * s + jnp.sqrt(2.0 * h) * z
 
-    def body(x, i):
+    def body(carry, i):
+        x, bad = carry
         t = t0 + i * dt
         kp, kc = jr.split(jr.fold_in(key, i))
         g = diff_b(t, x, args)
@@ -281,10 +342,10 @@ def _pc_core(drift, diffusion, score, key, x, t0, t1, steps, corrector_steps, sn
         t_next = t + dt
         for j in range(corrector_steps):
             x = corrector(x, t_next, jr.fold_in(kc, j))
-        return x, None
+        return (x, first_bad(bad, x, i + 1)), None
 
-    x, _ = jax.lax.scan(body, x, jnp.arange(steps))
-    return x
+    (x, bad), _ = jax.lax.scan(body, (x, jnp.int32(0)), jnp.arange(steps))
+    return x, bad
 
 
 def predictor_corrector(
@@ -300,6 +361,7 @@ def predictor_corrector(
     t1: RealScalarLike = 1.0,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3) forward in t.
 
@@ -322,6 +384,9 @@ def predictor_corrector(
         t1: end time, > t0; stop short of a singular endpoint (e.g. ``path.t_max``).
         args: passed to drift, diffusion and score (shared by every sample).
         cond: optional per-sample condition (leading axis n), mapped with the samples.
+        throw: raise ``RuntimeError`` naming the step and time when the state becomes
+            non-finite (the default); ``False`` returns the ``Solution`` with
+            ``ok``/``fail_step``/``fail_t`` instead.
 
     Returns:
         ``Solution``; ``nfe = steps * (1 + corrector_steps)`` (drift plus score evaluations).
@@ -337,9 +402,15 @@ def predictor_corrector(
     _check_output("diffusion", diffusion, t0, x, args, allow_scalar=True)
     _check_output("score", score, t0, x, args)
     t0a, t1a = _time_arrays(t0, t1, x.dtype, forward_only=True)
-    x = _pc_core(drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args)
+    x, bad = _pc_core(drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args)
     nfe = steps * (1 + corrector_steps)
-    return _fixed(x, nfe, steps)
+    return _fixed(
+        x, bad, nfe, steps, where="predictor_corrector", throw=throw, total=steps,
+        describe=grid_describe(steps, t0, t1),
+        hint="Check drift, diffusion and score for NaN/inf near that time (a singular endpoint "
+        "such as t = 1 of a VP/VE path: stop at path.t_max) or lower snr",
+        t_of=lambda k: t0a + (t1a - t0a) * k.astype(t0a.dtype) / steps,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- annealed Langevin (NCSM)
@@ -349,20 +420,22 @@ def predictor_corrector(
 def _annealed_core(score, key, x, sigmas, step_sizes, steps_per_level, temperature, args):
     score_b = _batched(score)
 
-    def level(x, inp):
+    def level(carry, inp):
         i, sigma, h = inp
         noise_scale = jnp.sqrt(2.0 * h * temperature)
 
-        def body(x, j):
+        def body(carry, j):
+            x, bad = carry
             z = jr.normal(jr.fold_in(jr.fold_in(key, i), j), x.shape, x.dtype)
-            return x + h * score_b(sigma, x, args) + noise_scale * z, None
+            x = x + h * score_b(sigma, x, args) + noise_scale * z
+            return (x, first_bad(bad, x, i * steps_per_level + j + 1)), None
 
-        x, _ = jax.lax.scan(body, x, jnp.arange(steps_per_level))
-        return x, None
+        carry, _ = jax.lax.scan(body, carry, jnp.arange(steps_per_level))
+        return carry, None
 
     levels = (jnp.arange(sigmas.shape[0]), sigmas, step_sizes)
-    x, _ = jax.lax.scan(level, x, levels)
-    return x
+    (x, bad), _ = jax.lax.scan(level, (x, jnp.int32(0)), levels)
+    return x, bad
 
 
 def annealed_langevin(
@@ -376,6 +449,7 @@ def annealed_langevin(
     temperature: RealScalarLike = 1.0,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""Annealed Langevin dynamics (Song and Ermon 2019, Algorithm 1), every chain in parallel.
 
@@ -396,6 +470,9 @@ def annealed_langevin(
         temperature: noise temperature, > 0 (1: the standard algorithm).
         args: passed to ``score`` (shared by every chain).
         cond: optional per-chain condition (leading axis n), mapped with the chains.
+        throw: raise ``RuntimeError`` naming the level and step when a chain becomes
+            non-finite (the default); ``False`` returns the ``Solution`` with
+            ``ok``/``fail_step`` (counted over all levels) instead.
 
     Returns:
         ``Solution`` with the final states and ``nfe = L * steps_per_level``.
@@ -419,9 +496,19 @@ def annealed_langevin(
     args = pack(args, cond, x.shape[0], "annealed_langevin")
     _check_output("score", score, sig[0], x, args)
     hs = step_size * (sig / sig[-1]) ** 2
-    x = _annealed_core(
+    x, bad = _annealed_core(
         score, key, x, jnp.asarray(sig, x.dtype), jnp.asarray(hs, x.dtype), steps_per_level,
         temperature, args,
     )  # fmt: skip
-    nfe = int(sig.size) * steps_per_level
-    return _fixed(x, nfe, nfe)
+    levels = int(sig.size)
+    nfe = levels * steps_per_level
+
+    def describe(g):
+        i, j = divmod(g - 1, steps_per_level)
+        return f"step {j + 1} of {steps_per_level} at noise level {i + 1} of {levels}"
+
+    return _fixed(
+        x, bad, nfe, nfe, where="annealed_langevin", throw=throw, total=nfe, describe=describe,
+        hint="Check the score for NaN/inf at that noise level; a step_size too large (now "
+        f"{step_size}) diverges",
+    )  # fmt: skip

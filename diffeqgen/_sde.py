@@ -27,6 +27,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int
 from ._conditioning import Unbatched, batched, first_sample, in_axes, pack
+from ._failures import NONFINITE_EVENT
 from ._solve_common import (
     _Batched,
     _check_saveat,
@@ -315,6 +316,11 @@ class _OneDiagonalNoise(eqx.Module):
 # ------------------------------------------------------------------------------ solving
 
 
+def _event(adjoint):
+    """Stop at the first non-finite state (not with ``BacksolveAdjoint``: Diffrax refuses)."""
+    return None if isinstance(adjoint, dfx.BacksolveAdjoint) else NONFINITE_EVENT
+
+
 @eqx.filter_jit
 def _sde_core(
     drift, diffusion, x0, t0, t1, ts, args, solver, steps, limit, key, brownian, *, m,
@@ -329,7 +335,7 @@ def _sde_core(
         sol = dfx.diffeqsolve(
             terms, solver, t0, t1, dt0, y0, args=args, saveat=_saveat(ts),
             stepsize_controller=dfx.ConstantStepSize(), max_steps=limit, adjoint=adj,
-            throw=False,
+            throw=False, event=_event(adj),
         )  # fmt: skip
         return _unpack(sol, ts, solver)
 
@@ -370,7 +376,7 @@ def _terms_core(terms, x0, t0, t1, ts, args, solver, steps, limit, adjoint):
     sol = dfx.diffeqsolve(
         terms, solver, t0, t1, (t1 - t0) / steps.astype(t0.dtype), x0, args=args,
         saveat=_saveat(ts), stepsize_controller=dfx.ConstantStepSize(), max_steps=limit,
-        adjoint=adjoint, throw=False,
+        adjoint=adjoint, throw=False, event=_event(adjoint),
     )  # fmt: skip
     out = _unpack(sol, ts, solver)
     out["ts"] = ts
@@ -397,6 +403,7 @@ def sample_sde(
     brownian: str | dfx.AbstractBrownianPath | None = None,
     per_sample: bool | None = None,
     adjoint: dfx.AbstractAdjoint | None = None,
+    throw: bool = True,
 ) -> Solution:
     """Integrate the ITO SDE ``dX = drift(t, X) dt + diffusion(t, X) dW`` with fixed steps.
 
@@ -456,11 +463,19 @@ def sample_sde(
         per_sample: vmap the solve over samples (default: only for Milstein solvers).
         adjoint: Diffrax adjoint; default ``RecursiveCheckpointAdjoint()`` (reverse mode,
             ``jax.grad``); pass ``diffrax.ForwardMode()`` for ``jax.jvp``/``jax.jacfwd``.
+        throw: raise when a non-finite value (NaN or inf) appears in the state (the
+            default; the message names the step and time, the solve stops there). ``False``
+            returns the ``Solution`` with ``ok=False`` and ``fail_step``/``fail_t`` instead.
 
     Returns:
         ``Solution``; ``nfe`` counts DRIFT evaluations per sample (the network call in a
         generative SDE); the diffusion is evaluated as often or less, more with the
         Stratonovich correction (one JVP per noise column).
+
+    Raises:
+        RuntimeError: (``throw=True``) a non-finite state, naming its step and time (an
+            ``EquinoxRuntimeError`` inside the user's ``jit``), or a solver failure with
+            Diffrax's own reason.
     """
     x0 = _check_x0(x0)
     args = pack(args, cond, x0.shape[0], "sample_sde")
@@ -472,7 +487,11 @@ def sample_sde(
     t0a, t1a = _time_arrays(t0, t1, x0.dtype, forward_only=True)
     if adjoint is not None and not isinstance(adjoint, dfx.AbstractAdjoint):
         raise TypeError(f"adjoint must be a diffrax.AbstractAdjoint, got {adjoint!r}")
-    hint = "check drift/diffusion for NaN or blow-up; use more steps"
+    hint = (
+        f"Check drift and diffusion for NaN or blow-up near that time; a solution that blows "
+        f"up may need more steps (now {steps})"
+    )
+    fin = dict(throw=bool(throw), fixed=(steps, t0, t1))
     if isinstance(sde, dfx.AbstractTerm):
         if cond is not None:
             raise ValueError(
@@ -496,7 +515,9 @@ def sample_sde(
             sde, x0, t0a, t1a, ts, args, solver_obj, jnp.asarray(steps, jnp.int32),
             _loop_bound(steps), adjoint,
         )  # fmt: skip
-        return _finish(out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint)
+        return _finish(
+            out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint, **fin
+        )
 
     drift, diffusion = _as_drift_diffusion(sde)
     _check_output("drift", drift, t0, x0, args)
@@ -546,4 +567,4 @@ def sample_sde(
         _loop_bound(steps), key, brownian, m=m, per_sample=per_sample, virtual_tol=virtual_tol,
         adjoint=adjoint,
     )  # fmt: skip
-    return _finish(out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint)
+    return _finish(out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint, **fin)

@@ -1,5 +1,6 @@
 """Pieces shared by the ODE and SDE samplers: saving, stats, step setup, error reporting."""
 
+from collections.abc import Callable
 from typing import Any
 
 import diffrax as dfx
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._conditioning import batched
+from ._failures import NONFINITE, all_finite, concrete, grid_describe, report, result_message
 from ._solvers import Solution, _concrete, evals_per_step
 
 # --------------------------------------------------------------------------- validation helpers
@@ -39,32 +41,124 @@ def _stats(sol, solver):
     return nfe, steps, sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"]
 
 
-def _finish(out: dict, *, where: str, solver_name: str, max_steps: int, hint: str) -> Solution:
-    """Turn the jitted core's output into a ``Solution``; raise on a failed solve."""
-    ok = _concrete(out["ok"])
-    per_sample = jnp.ndim(out["num_steps"]) > 0
-    x = out["x"]
-    if ok is None:  # inside the user's jit: a runtime check is all we can do
-        x = eqx.error_if(x, ~jnp.all(out["ok"]), f"{where}: {solver_name} solve failed ({hint})")
-        red = (lambda v: v if v is None else jnp.max(v)) if per_sample else (lambda v: v)
-        conv = red
+def check_solve(
+    out: dict,
+    tree,
+    *,
+    where: str,
+    solver_name: str,
+    max_steps: int,
+    hint: str,
+    throw: bool = True,
+    fixed: tuple | None = None,
+    probe: Callable | None = None,
+    what: str = NONFINITE + " in the state",
+):
+    """Raise on a failed Diffrax solve (``throw``) or return its status; ``(tree, status)``.
+
+    ``out`` holds Diffrax's ``result`` code, ``finite`` (whether the final state is finite),
+    ``num_steps`` and ``t_reached`` (scalars, or one per sample for vmapped solves). Fixed-step
+    solves (``fixed = (steps, t0, t1)``) stop at the first non-finite state (``NONFINITE_EVENT``),
+    so ``num_steps`` is the step that produced it. Adaptive solves that reach ``max_steps`` are
+    told apart from a non-finite field by ``probe(t, x_reached) -> bool`` (True: the field is
+    non-finite just past the state reached), evaluated only after a failed eager call. ``hint``
+    names only options the call uses. Under tracing, ``tree`` gets the runtime checks attached
+    (use the returned one). ``status`` has ``ok``, ``fail_step``, ``fail_t`` (Python values
+    after an eager call) and ``ok_each`` (one per sample, or a scalar).
+    """
+    code, finite = out["result"], out["finite"]
+    event = int(dfx.RESULTS.event_occurred._value)
+    nonfinite = (code == event) | ~finite
+    other = (code != int(dfx.RESULTS.successful._value)) & ~nonfinite
+    ok = ~(nonfinite | other)
+    per_sample = jnp.ndim(ok) > 0
+    steps_done = jnp.asarray(out["num_steps"], jnp.int32)
+    bad_step = jnp.where(ok, 0, steps_done)
+    if fixed is not None:
+        describe = grid_describe(*fixed)
     else:
-        if not np.all(ok):
-            bad = np.flatnonzero(~np.atleast_1d(ok))
-            t_reached = np.atleast_1d(np.asarray(out["t_reached"]))[bad[0]]
-            steps = np.atleast_1d(np.asarray(out["num_steps"]))[bad[0]]
-            maxed = np.atleast_1d(np.asarray(out["max_steps_hit"]))[bad[0]]
-            which = f" (sample {bad[0]}, {bad.size} of {np.size(ok)} failed)" if per_sample else ""
-            if maxed:
+
+        def describe(k: int) -> str:
+            return f"step {k}"
+
+    c_ok = concrete(ok)
+    if c_ok is not None and throw and not np.all(c_ok):
+        bad = np.flatnonzero(~np.atleast_1d(c_ok))
+        i = bad[0]
+        pick = lambda v: np.atleast_1d(np.asarray(v))[i]  # noqa: E731
+        t_reached, steps, c = float(pick(out["t_reached"])), int(pick(steps_done)), int(pick(code))
+        which = f" (sample {i}; {bad.size} of {np.size(c_ok)} failed)" if per_sample else ""
+        if bool(pick(nonfinite)):
+            at = describe(steps) if fixed is not None else f"t = {t_reached:.6g} (step {steps})"
+            if c != event:  # no event (adaptive steps, BacksolveAdjoint): seen at the end
+                at = "the end of the solve"
+            raise RuntimeError(f"{where}: {what} appeared at {at}{which}. {hint}")
+        if c == int(dfx.RESULTS.max_steps_reached._value):
+            if probe is not None and probe(t_reached, out["x"]):
                 raise RuntimeError(
-                    f"{where}: solver {solver_name!r} reached max_steps={max_steps} before the "
-                    f"end time{which}; stopped at t={float(t_reached):.6g} after {int(steps)} "
-                    f"steps. Hint: {hint}"
+                    f"{where}: the vector field returned {NONFINITE} just past t = "
+                    f"{t_reached:.6g}{which}; the adaptive solver {solver_name!r} could not step "
+                    f"past it and stopped after {steps} steps (max_steps={max_steps}). This is "
+                    "not stiffness: check the field for a division by zero, the log or square "
+                    "root of a negative number, or overflow near that time"
                 )
             raise RuntimeError(
-                f"{where}: solver {solver_name!r} failed{which} at t={float(t_reached):.6g} "
-                f"after {int(steps)} steps (NaN/inf or a solver failure). Hint: {hint}"
+                f"{where}: solver {solver_name!r} reached max_steps={max_steps} before the "
+                f"end time{which}; stopped at t={t_reached:.6g} after {steps} steps. Hint: {hint}"
             )
+        raise RuntimeError(
+            f"{where}: solver {solver_name!r} failed{which} at t={t_reached:.6g} after {steps} "
+            f"steps; Diffrax reports: {result_message(c)}"
+        )
+    if c_ok is None and throw:  # inside the user's jit: runtime checks with static messages
+        total = fixed[0] if fixed is not None else max_steps
+        step_of = steps_done if fixed is not None else jnp.zeros_like(steps_done)
+        tree = report(
+            tree, ok=~nonfinite, step=step_of, total=total, where=where, throw=True,
+            describe=describe, what=what, hint=hint,
+        )  # fmt: skip
+        msgs = [
+            f"{where}: solver {solver_name!r} failed; Diffrax reports: {m}"
+            for m in dfx.RESULTS._index_to_message
+        ]
+        msgs[int(dfx.RESULTS.max_steps_reached._value)] = (
+            f"{where}: solver {solver_name!r} reached max_steps={max_steps} before the end time "
+            f"(or the vector field is non-finite where the solver stalled). Hint: {hint}"
+        )
+        code_b = jnp.broadcast_to(jnp.asarray(code, jnp.int32), jnp.shape(other))
+        tree = eqx.branched_error_if(tree, other, jnp.where(other, code_b, 0), msgs)
+
+    t_reached = jnp.atleast_1d(jnp.asarray(out["t_reached"]))
+    if c_ok is None:
+        first = jnp.argmax(jnp.atleast_1d(~ok))
+        status = dict(
+            ok=jnp.all(ok),
+            fail_step=jnp.atleast_1d(bad_step)[first],
+            fail_t=jnp.where(jnp.all(ok), jnp.nan, t_reached[first]),
+        )
+    else:
+        first = int(np.argmax(np.atleast_1d(~c_ok)))
+        all_ok = bool(np.all(c_ok))
+        status = dict(
+            ok=all_ok,
+            fail_step=0 if all_ok else int(np.atleast_1d(np.asarray(bad_step))[first]),
+            fail_t=float("nan") if all_ok else float(t_reached[first]),
+        )
+    status["ok_each"] = ok
+    return tree, status
+
+
+def _finish(out: dict, **kwargs) -> Solution:
+    """Turn the jitted core's output into a ``Solution``; raise on a failed solve (``throw``).
+
+    Keyword arguments as in ``check_solve``.
+    """
+    (x, xs), status = check_solve(out, (out["x"], out["xs"]), **kwargs)
+    del status["ok_each"]
+    per_sample = jnp.ndim(out["num_steps"]) > 0
+    if concrete(status["ok"]) is None:
+        conv = (lambda v: v if v is None else jnp.max(v)) if per_sample else (lambda v: v)
+    else:
 
         def conv(v):
             return None if v is None else int(np.max(np.asarray(v)))
@@ -72,13 +166,41 @@ def _finish(out: dict, *, where: str, solver_name: str, max_steps: int, hint: st
     return Solution(
         x=x,
         ts=out["ts"],
-        xs=out["xs"],
+        xs=xs,
         nfe=conv(out["nfe"]),
         num_steps=conv(out["num_steps"]),
         num_accepted=conv(out["num_accepted"]),
         num_rejected=conv(out["num_rejected"]),
         nfe_per_sample=out["nfe"] if per_sample else None,
+        **status,
     )
+
+
+@eqx.filter_jit
+def _probe_core(field, t, x, args, span):
+    f = _Batched(field)
+    fx = f(t, x, args)
+    bad = ~all_finite(fx)
+    for rel in (1e-7, 1e-5, 1e-3, 1e-2):
+        h = (rel * span).astype(x.dtype)
+        bad = bad | ~all_finite(f(t + h, x + h * fx, args))
+    return bad
+
+
+def field_probe(field, args, t0, t1) -> Callable:
+    """``probe(t, x) -> bool``: is ``field`` non-finite at or just past ``(t, x)`` (batched)?
+
+    Evaluates the field at ``(t, x)`` and at Euler predictions ``(t + h, x + h f)`` for
+    ``h`` from 1e-7 to 1e-2 of ``t1 - t0``: where an adaptive solver stalls on a NaN, a few
+    such evaluations find it.
+    """
+
+    def probe(t, x):
+        span = jnp.asarray(float(t1) - float(t0), jnp.asarray(x).dtype)
+        t = jnp.asarray(t, span.dtype)
+        return bool(_probe_core(field, t, x, args, span))
+
+    return probe
 
 
 def _solver_label(solver) -> str:
@@ -123,8 +245,8 @@ def _unpack(sol, ts, solver):
         num_steps=steps,
         num_accepted=acc,
         num_rejected=rej,
-        ok=sol.result == dfx.RESULTS.successful,
-        max_steps_hit=sol.result == dfx.RESULTS.max_steps_reached,
+        result=sol.result._value,
+        finite=all_finite(x_end),
     )
 
 

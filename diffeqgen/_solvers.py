@@ -253,6 +253,13 @@ class Solution(eqx.Module):
         num_accepted: accepted steps.
         num_rejected: rejected steps (0 for fixed steps).
         nfe_per_sample: per-sample counts ``(n,)`` for ``per_sample=True``, else ``None``.
+        ok: True when the solve reached its end time and every value of ``x`` is finite.
+            Always True when the sampler was called with ``throw=True`` (the default; a
+            failure raises instead). With ``throw=False`` check it yourself.
+        fail_step: 1-based index of the step that produced the first non-finite state (or
+            where the solver stopped), 0 when ``ok`` or when unknown.
+        fail_t: time reached at that step (where the first non-finite state appeared or the
+            solver stopped), NaN when ``ok``.
     """
 
     x: Array
@@ -263,6 +270,9 @@ class Solution(eqx.Module):
     num_accepted: int | Array | None = None
     num_rejected: int | Array | None = None
     nfe_per_sample: Array | None = None
+    ok: bool | Array | None = None
+    fail_step: int | Array | None = None
+    fail_t: float | Array | None = None
 
     @property
     def nfe_mean(self) -> float | int | Array | None:

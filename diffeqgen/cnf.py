@@ -30,10 +30,19 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jaxtyping import Bool
 
-from ._checks import check_array, check_int, check_positive
+from ._checks import check_array, check_finite, check_int, check_positive
 from ._cnf_accuracy import error_vs_nfe, hutchinson_error
-from ._cnf_core import PROBES, TRACES, _base_log_prob, _default_base, _solve_augmented, _validate
+from ._cnf_core import (
+    PROBES,
+    TRACES,
+    _base_log_prob,
+    _check_likelihood,
+    _default_base,
+    _solve_augmented,
+    _validate,
+)
 from ._conditioning import pack
 from ._types import Array, ArrayLike, Float, PRNGKeyArray, RealScalarLike
 from .nn import MLP
@@ -73,7 +82,11 @@ def log_prob(
     per_sample: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
-) -> tuple[Float[Array, " n"], Float[Array, ""]]:
+    throw: bool = True,
+) -> (
+    tuple[Float[Array, " n"], Float[Array, ""]]
+    | tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
+):
     """Log-density at ``t1`` of points ``x`` under the flow of ``vector_field`` from ``base``.
 
     Integrates ``[z, delta]`` with ``dz/dt = f(t, z)``, ``d delta/dt = -tr(df/dz)`` from
@@ -110,20 +123,30 @@ def log_prob(
             (``diffrax.BacksolveAdjoint()`` trades accuracy of the gradient for memory).
         max_steps: step limit (default ``steps`` for fixed steps, 4096 adaptive); reaching it
             raises an error instead of returning a partial answer.
+        throw: raise when the solve fails or a non-finite value appears (the default).
+            ``False`` returns ``(log_p, nfe, ok)`` instead, ``ok`` of shape ``(n,)`` True where
+            the value is trustworthy (``log_p`` is NaN elsewhere), for use inside ``jit``
+            without a runtime error.
 
     Returns:
         ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the number of evaluations of the
         augmented field per sample (rejected adaptive steps included; each evaluation is one
         vector-field evaluation plus its Jacobian-vector products). With per-sample adaptive
         steps it is the max over samples, the evaluations the vmapped solve makes, as
-        ``solve.Solution.nfe`` (docs: "Counting NFE").
+        ``solve.Solution.nfe`` (docs: "Counting NFE"). ``(log_p, nfe, ok)``
+        with ``throw=False``.
 
     Raises:
         ValueError: unknown solver/trace/probe, tolerances <= 0, ``t0 >= t1``, a missing key for
-            Hutchinson, ``x`` whose trailing dimension disagrees with the model or base, or a
-            vector field returning the wrong shape (checked by ``jax.eval_shape`` before solving).
+            Hutchinson, an empty batch, NaN or inf in ``x``, ``x`` whose trailing dimension
+            disagrees with the model or base, or a vector field returning the wrong shape
+            (checked by ``jax.eval_shape`` before solving).
+        RuntimeError: (``throw=True``) a non-finite value in the state, named with its step and
+            time (fixed steps stop there); a field that is non-finite where an adaptive solve
+            stalls; ``max_steps`` reached; another solver failure with Diffrax's reason. Inside
+            the user's ``jit`` the same checks run as ``equinox.error_if``.
     """
-    x = check_array("x", x, min_ndim=2)
+    x = _check_points(x)
     args = pack(args, cond, x.shape[0], "cnf.log_prob")
     solver_obj, t0, t1, steps, max_steps = _validate(
         vector_field,
@@ -144,7 +167,7 @@ def log_prob(
         max_steps,
     )
     base = _default_base(vector_field, base, x.shape[1:], t0)
-    z0, delta, nfe = _solve_augmented(
+    z0, delta, nfe, status = _solve_augmented(
         vector_field,
         x,
         t1,
@@ -162,7 +185,20 @@ def log_prob(
         adjoint=adjoint,
         max_steps=max_steps,
     )
-    return _base_log_prob(base, z0) - delta, nfe
+    log_p, ok = _check_likelihood(
+        "cnf.log_prob", vector_field, _base_log_prob(base, z0) - delta, z0, status,
+        t_start=t1, t_end=t0, steps=steps, solver=solver_obj, max_steps=max_steps, rtol=rtol,
+        atol=atol, args=args, throw=bool(throw),
+    )  # fmt: skip
+    return (log_p, nfe) if throw else (log_p, nfe, ok)
+
+
+def _check_points(x):
+    """``x`` as a floating array ``(n, *event)`` with n >= 1 and finite values."""
+    x = check_array("x", x, min_ndim=2)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one point, got shape {tuple(x.shape)}")
+    return check_finite("x", x)
 
 
 def log_prob_chunked(
@@ -195,13 +231,11 @@ def log_prob_chunked(
     Returns:
         ``(log_p, nfe)``: log-densities of shape ``(n,)`` and the mean over chunks of each
         chunk's NFE (per sample, the max over the chunk's samples, padding rows included;
-        see [`log_prob`][]), as a Python float.
+        see [`log_prob`][]), as a Python float; ``(log_p, nfe, ok)`` with ``throw=False``.
     """
-    x = check_array("x", x, min_ndim=2)
+    x = _check_points(x)
     chunk_size = check_int("chunk_size", chunk_size)
     n = x.shape[0]
-    if n == 0:
-        raise ValueError(f"x must hold at least one point, got shape {tuple(x.shape)}")
     num_chunks = -(-n // chunk_size)
     rows = jnp.arange(num_chunks * chunk_size) % n  # cyclic padding to whole chunks
 
@@ -209,10 +243,10 @@ def log_prob_chunked(
         idx = rows[i * chunk_size : (i + 1) * chunk_size]
         return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[idx], tree)
 
-    out, nfes = [], []
+    out, nfes, oks = [], [], []
     for i in range(num_chunks):
         chunk_key = None if key is None else jr.fold_in(key, i)
-        lp, nfe = log_prob(
+        lp, nfe, *ok = log_prob(
             vector_field,
             rows_of(x, i),
             cond=None if cond is None else rows_of(cond, i),
@@ -221,6 +255,9 @@ def log_prob_chunked(
         )
         out.append(lp)
         nfes.append(float(nfe))
+        oks += ok
+    if oks:  # throw=False: (log_p, nfe, ok)
+        return jnp.concatenate(out)[:n], float(np.mean(nfes)), jnp.concatenate(oks)[:n]
     return jnp.concatenate(out)[:n], float(np.mean(nfes))
 
 
@@ -257,7 +294,9 @@ def reference_log_prob(
         ``(log_p, nfe)``: NumPy float64 log-densities of shape ``(n,)`` and the NFE per
         sample (the max over samples, see [`log_prob`][]) as a Python float.
     """
-    x = check_array("x", x, min_ndim=2)
+    x = _check_points(x)
+    if "throw" in kwargs:
+        raise TypeError("reference_log_prob always raises on a failed solve; it takes no throw")
 
     def to64(tree):
         return jax.tree_util.tree_map(
@@ -305,7 +344,11 @@ def sample_and_log_prob(
     per_sample: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
-) -> tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""]]:
+    throw: bool = True,
+) -> (
+    tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""]]
+    | tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
+):
     """Draw ``n`` samples at ``t1`` by integrating base samples forward, with their log-densities.
 
     ``z(t0) ~ base``, ``x = z(t1)`` and ``log p_1(x) = log p_base(z(t0)) + delta(t1)`` with
@@ -334,6 +377,8 @@ def sample_and_log_prob(
         per_sample: per-sample error control for adaptive solves.
         adjoint: Diffrax adjoint (default recursive checkpointing).
         max_steps: step limit.
+        throw: raise on a failed or non-finite solve (default); ``False`` returns
+            ``(x, log_p, nfe, ok)`` with ``ok`` of shape ``(n,)`` (see [`log_prob`][]).
 
     Returns:
         ``(x, log_p, nfe)`` with ``x`` of shape ``(n, *event)``, ``log_p`` of shape ``(n,)``.
@@ -367,7 +412,7 @@ def sample_and_log_prob(
     z0 = jr.normal(base_key, (n, *event), dtype) if base is None else base.sample(base_key, n)
     if tuple(z0.shape) != (n, *event):
         raise ValueError(f"base.sample gave shape {tuple(z0.shape)}, expected {(n, *event)}")
-    x, delta, nfe = _solve_augmented(
+    x, delta, nfe, status = _solve_augmented(
         vector_field,
         z0,
         t0,
@@ -385,7 +430,12 @@ def sample_and_log_prob(
         adjoint=adjoint,
         max_steps=max_steps,
     )
-    return x, _base_log_prob(base, z0) + delta, nfe
+    log_p, ok = _check_likelihood(
+        "cnf.sample_and_log_prob", vector_field, _base_log_prob(base, z0) + delta, x, status,
+        t_start=t0, t_end=t1, steps=steps, solver=solver_obj, max_steps=max_steps, rtol=rtol,
+        atol=atol, args=args, throw=bool(throw),
+    )  # fmt: skip
+    return (x, log_p, nfe) if throw else (x, log_p, nfe, ok)
 
 
 class CNF(eqx.Module):
@@ -452,6 +502,7 @@ def nll_loss(
     t0: RealScalarLike = 0.0,
     t1: RealScalarLike = 1.0,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    throw: bool = True,
 ) -> Float[Array, ""]:
     """Mean negative log-likelihood ``-mean(log p_1(x))`` (nats) of a batch under ``model``.
 
@@ -461,12 +512,15 @@ def nll_loss(
     adaptive [`log_prob`][]. ``key`` draws Hutchinson probes (unused for the exact trace).
     ``batch`` is ``x`` ``(n, *event)`` or ``(x, cond)`` (``losses.split_batch``), the latter
     training a conditional density ``p(x | cond)`` with the model called as ``f(t, x, cond)``.
+    A non-finite likelihood raises (``throw=True``, the default; inside ``train.fit`` the error
+    is reported with the training steps it happened in); ``throw=False`` returns NaN instead.
     """
-    from .losses import split_batch
+    from .losses import _check_float_data, split_batch
 
     x, cond = split_batch(batch)
+    _check_float_data(x)
     probe_key = key if trace == "hutchinson" else None
-    log_p, _ = log_prob(
+    log_p, _, *ok = log_prob(
         model,
         x,
         cond=cond,
@@ -482,8 +536,11 @@ def nll_loss(
         probe=probe,
         key=probe_key,
         adjoint=adjoint,
+        throw=bool(throw),
     )
-    return -jnp.mean(log_p)
+    if throw:
+        return -jnp.mean(log_p)
+    return jnp.where(jnp.all(ok[0]), -jnp.mean(log_p), jnp.nan)
 
 
 def bits_per_dim(

@@ -67,6 +67,13 @@ class ReplayBuffer(eqx.Module):
 
     x: Array
 
+    def __check_init__(self):
+        if jnp.ndim(self.x) < 2 or jnp.shape(self.x)[0] < 1:
+            raise ValueError(
+                "x must hold the chains' states, shape (capacity >= 1, *event), got shape "
+                f"{tuple(jnp.shape(self.x))}"
+            )
+
 
 class EnergyModel(eqx.Module):
     """An energy ``E(t, x, args)`` whose call is the score ``-grad_x E`` (one sample).
@@ -92,6 +99,11 @@ class EnergyModel(eqx.Module):
     buffer: ReplayBuffer | None = None
 
     def __check_init__(self):
+        if not callable(self.net):
+            raise TypeError(
+                "net must be a callable energy network (net(x), or net(t, x, args) with "
+                f"time_conditioned=True), got {type(self.net).__name__}"
+            )
         if self.base_std is not None:
             check_positive("base_std", self.base_std)
 

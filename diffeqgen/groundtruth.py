@@ -10,7 +10,11 @@ responsibilities r_k(x) = w_k N(x; alpha mu_k, C_k) / p_t(x) and P_k = C_k^{-1}:
     velocity  v_t(x) = d_alpha(t) E[x1 | x] + d_sigma(t) E[eps | x]
 
 All closed form (no autodiff, no clipping of t: the formulas are finite at t = 0 and t = 1 as
-long as the covariances S_k are positive definite). ``t`` is a scalar; ``x`` has shape (..., d).
+long as the covariances S_k are positive definite). ``t`` is a scalar in [0, 1] (a concrete t
+outside is refused with a ``ValueError``; a traced one is checked at run time); ``x`` has shape
+(..., d). ``mixture`` may be a ``data.GaussianMixture`` or a dataset name that has one
+(``data.mixture(name)``), ``path`` a ``GaussianPath`` or a name for ``paths.get_path``; other
+objects raise a ``TypeError`` naming the argument.
 Any ``GaussianPath`` works: built-in, ``paths.custom_path(alpha, sigma)`` or a subclass (only its
 ``alpha``, ``sigma``, ``d_alpha`` and ``d_sigma`` are used). The fields of ``velocity_field``
 and ``score_field`` carry the path (attribute ``path``), so
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import as_mixture, as_path, check_unit_time
 from ._gaussian_paths import GaussianPath
 from ._types import RealScalarLike
 from .data.mixture import GaussianMixture
@@ -57,8 +62,17 @@ def _check_x(mixture, x):
     return x
 
 
-def marginal(mixture: GaussianMixture, path: GaussianPath, t: RealScalarLike) -> GaussianMixture:
+def _check_args(mixture, path, t):
+    """(mixture, path, t): registered names resolved, concrete t checked to lie in [0, 1]."""
+    t = check_unit_time("t", t, what="0 = noise, 1 = data")
+    return as_mixture(mixture), as_path(path), t
+
+
+def marginal(
+    mixture: GaussianMixture | str, path: GaussianPath | str, t: RealScalarLike
+) -> GaussianMixture:
     """The marginal p_t: means alpha(t) mu_k, covariances alpha^2 S_k + sigma^2 I, same weights."""
+    mixture, path, t = _check_args(mixture, path, t)
     a, s = _coefficients(path, t)
     eye = jnp.eye(mixture.dim, dtype=mixture.covariances.dtype)
     return GaussianMixture(
@@ -89,24 +103,30 @@ def _posterior(mixture, path, t, x):
 
 
 def log_prob(
-    mixture: GaussianMixture,
-    path: GaussianPath,
+    mixture: GaussianMixture | str,
+    path: GaussianPath | str,
     t: RealScalarLike,
     x: Float[ArrayLike, "*batch d"],
 ) -> Float[Array, "*batch"]:
     """Exact log p_t(x) of the mixture carried to time t along ``path``."""
+    mixture, path, t = _check_args(mixture, path, t)
     x = _check_x(mixture, x)
     comp, _, _, _ = _posterior(mixture, path, t, x)
     return jax.nn.logsumexp(comp, axis=-1)
 
 
 def score(
-    mixture: GaussianMixture,
-    path: GaussianPath,
+    mixture: GaussianMixture | str,
+    path: GaussianPath | str,
     t: RealScalarLike,
     x: Float[ArrayLike, "*batch d"],
 ) -> Float[Array, "*batch d"]:
     """Exact marginal score grad_x log p_t(x)."""
+    mixture, path, t = _check_args(mixture, path, t)
+    return _score(mixture, path, t, x)
+
+
+def _score(mixture, path, t, x):
     x = _check_x(mixture, x)
     comp, prec_diff, _, _ = _posterior(mixture, path, t, x)
     resp = jax.nn.softmax(comp, axis=-1)
@@ -123,30 +143,32 @@ def _denoiser_eps(mixture, path, t, x):
 
 
 def denoiser(
-    mixture: GaussianMixture,
-    path: GaussianPath,
+    mixture: GaussianMixture | str,
+    path: GaussianPath | str,
     t: RealScalarLike,
     x: Float[ArrayLike, "*batch d"],
 ) -> Float[Array, "*batch d"]:
     """Exact denoiser E[x1 | x_t = x] (posterior mean of the data)."""
+    mixture, path, t = _check_args(mixture, path, t)
     x = _check_x(mixture, x)
     return _denoiser_eps(mixture, path, t, x)[0]
 
 
 def eps(
-    mixture: GaussianMixture,
-    path: GaussianPath,
+    mixture: GaussianMixture | str,
+    path: GaussianPath | str,
     t: RealScalarLike,
     x: Float[ArrayLike, "*batch d"],
 ) -> Float[Array, "*batch d"]:
     """Exact noise prediction E[eps | x_t = x] = -sigma(t) grad log p_t(x)."""
+    mixture, path, t = _check_args(mixture, path, t)
     x = _check_x(mixture, x)
     return _denoiser_eps(mixture, path, t, x)[1]
 
 
 def velocity(
-    mixture: GaussianMixture,
-    path: GaussianPath,
+    mixture: GaussianMixture | str,
+    path: GaussianPath | str,
     t: RealScalarLike,
     x: Float[ArrayLike, "*batch d"],
 ) -> Float[Array, "*batch d"]:
@@ -154,6 +176,11 @@ def velocity(
 
     The flow of v carries p_0 to p_1 (continuity equation d p_t/dt = -div(p_t v_t)).
     """
+    mixture, path, t = _check_args(mixture, path, t)
+    return _velocity(mixture, path, t, x)
+
+
+def _velocity(mixture, path, t, x):
     x = _check_x(mixture, x)
     d, e = _denoiser_eps(mixture, path, t, x)
     return path.d_alpha(t) * d + path.d_sigma(t) * e
@@ -165,14 +192,14 @@ class _Field(eqx.Module):
     fn: Callable = eqx.field(static=True)
 
     def __call__(self, t, x, args=None):
-        return self.fn(self.mixture, self.path, t, x)
+        return self.fn(self.mixture, self.path, t, jnp.asarray(x))
 
 
-def velocity_field(mixture: GaussianMixture, path: GaussianPath) -> Callable:
+def velocity_field(mixture: GaussianMixture | str, path: GaussianPath | str) -> Callable:
     """The exact marginal velocity as a field ``f(t, x, args)`` on one sample (Equinox module)."""
-    return _Field(mixture, path, velocity)
+    return _Field(as_mixture(mixture), as_path(path), _velocity)
 
 
-def score_field(mixture: GaussianMixture, path: GaussianPath) -> Callable:
+def score_field(mixture: GaussianMixture | str, path: GaussianPath | str) -> Callable:
     """The exact marginal score as a field ``s(t, x, args)`` on one sample (Equinox module)."""
-    return _Field(mixture, path, score)
+    return _Field(as_mixture(mixture), as_path(path), _score)

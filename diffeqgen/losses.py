@@ -46,7 +46,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import couplings as _couplings
 from . import paths as _paths
-from ._checks import check_choice, check_int, check_positive
+from ._checks import as_path, check_choice, check_int, check_positive
 from ._ot import ot_pairing
 
 __all__ = [
@@ -75,14 +75,7 @@ Scalar = Float[Array, ""]
 
 def _resolve_path(path) -> _paths.GaussianPath:
     """Accept a GaussianPath or a path name (validated by ``paths.get_path``)."""
-    if isinstance(path, str):
-        return _paths.get_path(path)
-    if not isinstance(path, _paths.GaussianPath):
-        raise TypeError(
-            f"path must be a GaussianPath or one of {', '.join(_paths.PATH_NAMES)}, "
-            f"got {type(path).__name__}"
-        )
-    return path
+    return as_path(path)
 
 
 def _sqnorm(a: Array) -> Array:
@@ -177,7 +170,19 @@ def _prepare(key: PRNGKeyArray, batch: Any, cond_dropout, null_cond) -> tuple[Ar
     if p >= 1.0:
         raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout!r}")
     x, cond = split_batch(batch)
+    _check_float_data(x)
     return x, _drop_cond(key, cond, x.shape[0], p, null_cond)
+
+
+def _check_float_data(x) -> None:
+    """Refuse integer or boolean training data (it would be silently cast, or fail deep inside)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"batch data x must be a floating-point array, got dtype {dtype} (shape "
+            f"{tuple(x.shape)}); convert it first, e.g. x.astype(jnp.float32) (dequantise "
+            "discrete data with uniform noise for likelihoods)"
+        )
 
 
 def _path_sample(path, key: PRNGKeyArray, x1: Array):

@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import as_mixture, check_choice, check_int, check_positive
 from ._metrics_jax import _is_list, mmd_jax, sinkhorn_divergence
 
 __all__ = [
@@ -85,7 +85,10 @@ def _as_pair(x: Any, y: Any, *, same_size: bool = False) -> tuple[np.ndarray, np
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"x and y must have the same dimension d, got x {a.shape}, y {b.shape}")
     if same_size and a.shape[0] != b.shape[0]:
-        raise ValueError(f"x and y must have the same number of points, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"x and y must have the same number of points, got {len(a)} and {len(b)} (shapes "
+            f"{a.shape} and {b.shape})"
+        )
     return a, b
 
 
@@ -421,10 +424,11 @@ def floor_stats(
 def mode_tv(x: Float[ArrayLike, "n d"], mixture: Any) -> float:
     """Total-variation distance between a sample's mode occupancy and a mixture's weights.
 
-    Each point of ``x`` goes to the component of a Gaussian mixture (``data.mixture(name)``, or
-    any object with ``means (k, d)``, ``covariances (k, d, d)`` and ``weights (k,)``) of highest
-    posterior probability; the result is ``0.5 * sum_k |share_k - weight_k|`` in [0, 1]: 0 when
-    the modes are filled in the right proportions, near 1 when the sample misses the heavy modes
+    Each point of ``x`` goes to the component of a Gaussian mixture (``data.mixture(name)`` or
+    just its name, or any object with ``means (k, d)``, ``covariances (k, d, d)`` and
+    ``weights (k,)``) of highest posterior probability; the result is
+    ``0.5 * sum_k |share_k - weight_k|`` in [0, 1]: 0 when the modes are filled in the right
+    proportions, near 1 when the sample misses the heavy modes
     (e.g. Langevin dynamics with a single-noise-level score gets separated modes' weights wrong).
     Computed in float64 NumPy.
 
@@ -436,6 +440,15 @@ def mode_tv(x: Float[ArrayLike, "n d"], mixture: Any) -> float:
         The distance as a Python float.
     """
     x = _as_points("x", x)
+    if isinstance(mixture, str):
+        mixture = as_mixture(mixture)
+    missing = [a for a in ("means", "covariances", "weights") if not hasattr(mixture, a)]
+    if missing:
+        raise TypeError(
+            "mixture must be a diffeqgen.data.GaussianMixture (or a dataset name with one, see "
+            "diffeqgen.data.mixture) or have means, covariances and weights; got "
+            f"{type(mixture).__name__} without {', '.join(missing)}"
+        )
     means, covs, w = (
         np.asarray(a, np.float64) for a in (mixture.means, mixture.covariances, mixture.weights)
     )

@@ -23,6 +23,14 @@ __all__ = [
 # --- 2D point sets and densities (data helper) ------------------------------------------------
 
 
+def _points2d(name: str, x) -> np.ndarray:
+    """``x`` as a NumPy array of 2D points ``(n, 2)``, or ``ValueError`` naming its shape."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"{name} must be 2D points of shape (n, 2), got shape {x.shape}")
+    return x
+
+
 def _square_axes(ax, lim: float, title: str | None) -> None:
     """Equal aspect, limits ``[-lim, lim]^2``, no ticks, optional title."""
     ax.set_xlim(-lim, lim)
@@ -45,7 +53,7 @@ def scatter(
     title: str | None = None,
 ):
     """Scatter 2D points ``x (n, 2)`` on ``ax`` with equal aspect in ``[-lim, lim]^2``."""
-    x = np.asarray(x)
+    x = _points2d("x", x)
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, linewidths=0, rasterized=True)
     _square_axes(ax, lim, title)
     return ax
@@ -55,7 +63,7 @@ def hist2d(
     ax, x, *, lim: float = 4.0, bins: int = 100, cmap: str = "viridis", title: str | None = None
 ):
     """2D histogram of points ``x (n, 2)`` on ``ax`` over ``[-lim, lim]^2``."""
-    x = np.asarray(x)
+    x = _points2d("x", x)
     ax.hist2d(
         x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]], cmap=cmap, rasterized=True
     )
@@ -73,6 +81,8 @@ def density_heatmap(
     title: str | None = None,
 ):
     """Heatmap of ``exp(log_prob_fn(points))`` on an ``n_grid^2`` grid over ``[-lim, lim]^2``."""
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 2:
+        raise ValueError(f"n_grid must be an integer >= 2, got {n_grid!r}")
     g = np.linspace(-lim, lim, n_grid, dtype=np.float32)
     xx, yy = np.meshgrid(g, g)
     pts = np.stack([xx.ravel(), yy.ravel()], axis=-1)
@@ -113,6 +123,10 @@ def scatter_grid(
     """
     import matplotlib.pyplot as plt
 
+    if kind not in ("scatter", "hist"):
+        raise ValueError(f"unknown kind {kind!r}; expected one of: scatter, hist")
+    if not hasattr(sets, "items") or len(sets) == 0:
+        raise ValueError(f"sets must be a non-empty dict title -> points (n, 2), got {sets!r}")
     draw = {"scatter": scatter, "hist": hist2d}[kind]
     nrows = -(-len(sets) // ncols)
     fig, axes = plt.subplots(
@@ -199,6 +213,12 @@ def loss_curve(
     Labels: ``"<label>: train (running mean w)"`` and ``val_label`` (default ``"<label>:
     validation (EMA)"``). Returns the running mean drawn, shape ``(len - window + 1,)``.
     """
+    missing = [k for k in ("step", "loss") if k not in history]
+    if missing:
+        raise ValueError(
+            f"history must have the keys 'step' and 'loss' (train.fit(...).history), missing "
+            f"{missing}"
+        )
     loss = np.asarray(history["loss"])
     w = max(1, len(loss) // 200) if window is None else window
     smooth = running_mean(loss, w)
@@ -226,6 +246,13 @@ def error_vs_nfe(ax, rows, *, metric: str = "mean_abs_error"):
     (failed or trivial settings) are left out. Fixed steps are drawn as solid lines with circles,
     tolerance sweeps as dashed lines with squares. Axis labels and legend are the caller's.
     """
+    need = {"solver", "mode", "nfe", metric}
+    bad = [r for r in rows if not isinstance(r, dict) or not need <= set(r)]
+    if bad:
+        raise ValueError(
+            f"rows must be dicts with keys {sorted(need)} (as cnf.error_vs_nfe returns), got "
+            f"{bad[0]!r}"
+        )
     solvers = list(dict.fromkeys(r["solver"] for r in rows))
     for i, solver in enumerate(solvers):
         for mode, ls, marker, what in (

@@ -25,9 +25,10 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_nonnegative, check_positive, is_traced
+from ._checks import as_path, check_nonnegative, check_positive, is_traced
 from ._gaussian_paths import GaussianPath
 from ._parametrisations import convert
 from ._types import RealScalarLike
@@ -221,15 +222,23 @@ def reverse_sde(path: GaussianPath, score: Callable) -> SDE:
     obtained from the score by ``convert``. Meant for VE, VP, sub-VP and ve_t (defined for
     every path; t is clipped into [path.t_min, path.t_max]).
     """
-    if not isinstance(path, GaussianPath):
-        raise TypeError(f"path must be a GaussianPath, got {path!r}")
+    path = as_path(path, names=False)
     return generative_sde(_PathVelocityFromScore(path, score), score, _PathG(path))
+
+
+def _check_elapsed(t) -> None:
+    """Refuse a concrete negative elapsed time (traced times are used as given)."""
+    if not is_traced(t):
+        arr = np.asarray(t, dtype=np.float64)
+        if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= 0):
+            raise ValueError(f"t must be finite and >= 0 (time since x0), got {t!r}")
 
 
 def brownian_marginal(
     sigma: RealScalarLike, x0: Float[ArrayLike, "..."], t: Float[ArrayLike, "..."] | RealScalarLike
 ) -> tuple[Array, Array]:
-    """Exact law of X_t for dX = sigma dW from x0: (mean x0, variance sigma^2 t)."""
+    """Exact law of X_t for dX = sigma dW from x0: (mean x0, variance sigma^2 t), t >= 0."""
+    _check_elapsed(t)
     x0, t = jnp.asarray(x0), jnp.asarray(t)
     return x0 + 0.0 * t, jnp.asarray(sigma) ** 2 * t + 0.0 * x0
 
@@ -243,8 +252,12 @@ def ou_marginal(
 ) -> tuple[Array, Array]:
     r"""Exact law of X_t for the OU process from X_0 = x0: (mean, variance), elementwise.
 
-    mean_t = m + (x0 - m) e^{-theta t}, var_t = sigma^2 (1 - e^{-2 theta t}) / (2 theta).
+    mean_t = m + (x0 - m) e^{-theta t}, var_t = sigma^2 (1 - e^{-2 theta t}) / (2 theta), for
+    theta > 0, sigma >= 0 and t >= 0.
     """
+    theta = check_positive("theta", theta, traced_ok=True)
+    sigma = check_nonnegative("sigma", sigma, traced_ok=True)
+    _check_elapsed(t)
     x0, t = jnp.asarray(x0), jnp.asarray(t)
     m = mean + (x0 - mean) * jnp.exp(-theta * t)
     v = -(sigma**2) * jnp.expm1(-2.0 * theta * t) / (2.0 * theta)

@@ -67,7 +67,7 @@ def batch_sharding(mesh: Any, axis: str | None = None) -> NamedSharding:
 
 def check_divisible(name: str, n: int, mesh: Any, axis: str) -> None:
     """Raise a ``ValueError`` naming ``name`` unless ``n`` divides over the devices of ``axis``."""
-    devices = mesh.shape[axis]
+    devices = mesh.shape[batch_axis(mesh, axis)]
     if n % devices:
         raise ValueError(
             f"{name}={n} does not divide evenly over the {devices} devices of mesh axis "

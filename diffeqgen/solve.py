@@ -27,6 +27,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_positive
 from ._conditioning import Unbatched, guided, in_axes, pack
+from ._failures import NONFINITE_EVENT
 from ._fewstep import (
     FEWSTEP_SAMPLERS,
     GRIDS,
@@ -55,6 +56,7 @@ from ._solve_common import (
     _solver_label,
     _step_setup,
     _unpack,
+    field_probe,
 )
 from ._solvers import (
     ODE_SOLVERS,
@@ -102,6 +104,7 @@ __all__ = [
 @eqx.filter_jit
 def _ode_core(vector_field, x0, t0, t1, ts, args, solver, steps, rtol, atol, per_sample, limit):
     controller, dt0 = _step_setup(t0, t1, steps, rtol, atol)
+    event = None if steps is None else NONFINITE_EVENT  # fixed steps: stop at the first NaN
 
     def solve(field, y0, args):
         sol = dfx.diffeqsolve(
@@ -116,6 +119,7 @@ def _ode_core(vector_field, x0, t0, t1, ts, args, solver, steps, rtol, atol, per
             stepsize_controller=controller,
             max_steps=limit,
             throw=False,
+            event=event,
         )
         return _unpack(sol, ts, solver)
 
@@ -148,6 +152,7 @@ def sample_ode(
     grid: str | None = None,
     path: Any = None,
     key: PRNGKeyArray | None = None,
+    throw: bool = True,
 ) -> Solution:
     """Integrate ``dx/dt = vector_field(t, x, args)`` for a batch of samples from t0 to t1.
 
@@ -180,20 +185,29 @@ def sample_ode(
             ``vector_field.path`` (fields from ``paths.as_vector_field`` and
             ``groundtruth.velocity_field`` carry it).
         key: few-step samplers only: PRNG key of a stochastic sampler (``EDMHeun(churn>0)``).
+        throw: raise on a failed solve (the default). ``False`` returns the ``Solution``
+            anyway with ``ok=False`` and ``fail_step``/``fail_t`` saying where it failed, for
+            use inside ``jit`` without a runtime error (as Diffrax's ``throw=False``).
 
     Returns:
         ``Solution`` with ``x`` ``(n, *event)`` at t1, ``ts``/``xs`` ``(len(ts), n, *event)``
-        when ``saveat`` is given, ``nfe`` and step counts (see ``Solution``).
+        when ``saveat`` is given, ``nfe`` and step counts (see ``Solution``). A fixed-step
+        solve stops at the first non-finite state (``x`` is then that state, later ``xs``
+        are inf, as Diffrax fills them).
 
     Raises:
         ValueError: bad names, sizes, tolerances, times, NaN in ``x0``, or a field whose output
             shape differs from one sample's shape.
-        RuntimeError: an adaptive solve reached ``max_steps`` (or failed otherwise).
+        RuntimeError: (``throw=True``) a non-finite value (NaN or inf) appeared in the state,
+            named with its step and time; a field that is non-finite where an adaptive solve
+            stalls; an adaptive solve that reached ``max_steps``; or another solver failure
+            with Diffrax's own reason. Inside the user's ``jit`` the same checks run as
+            ``equinox.error_if`` (an ``EquinoxRuntimeError`` naming the step).
     """
     if is_fewstep(solver):
         return sample_fewstep(
             vector_field, x0, solver=solver, t0=t0, t1=t1, steps=steps, grid=grid, path=path,
-            key=key, saveat=saveat, args=args, cond=cond,
+            key=key, saveat=saveat, args=args, cond=cond, throw=throw,
         )  # fmt: skip
     for name, value in (("grid", grid), ("path", path), ("key", key)):
         if value is not None:
@@ -235,11 +249,25 @@ def sample_ode(
         bool(per_sample),
         max_steps if steps is None else _loop_bound(steps),
     )
-    hint = (
-        f"increase max_steps (now {max_steps}), loosen rtol/atol (now {rtol}/{atol}), or use "
-        "fixed steps (steps=<int>); a stiff or non-smooth field (ReLU/SELU kinks) needs many "
-        "steps"
-    )
+    if steps is None:
+        hint = (
+            f"increase max_steps (now {max_steps}), loosen rtol/atol (now {rtol}/{atol}), or use "
+            "fixed steps (steps=<int>); a stiff or non-smooth field (ReLU/SELU kinks) needs many "
+            "steps"
+        )
+    else:
+        hint = (
+            f"Check the vector field for NaN/inf near that time (division by zero, log or sqrt "
+            f"of a negative number, overflow); a field that blows up may need more steps (now "
+            f"{steps}) or an adaptive solve (steps=None)"
+        )
     return _finish(
-        out, where="sample_ode", solver_name=_solver_label(solver), max_steps=max_steps, hint=hint
+        out,
+        where="sample_ode",
+        solver_name=_solver_label(solver),
+        max_steps=max_steps,
+        hint=hint,
+        throw=bool(throw),
+        fixed=None if steps is None else (steps, t0, t1),
+        probe=field_probe(vector_field, args, t0, t1) if steps is None else None,
     )

@@ -56,12 +56,13 @@ from ._checkpoint import (
     TrainState,
     _empty_history,
     _typed_key,
+    check_writable,
     continue_from,
     load_checkpoint,
     save_checkpoint,
     split_trainable,
 )
-from ._checks import check_choice, check_int, check_positive
+from ._checks import as_key, check_choice, check_int, check_positive
 from ._train_step import (
     RESERVED,
     StepConfig,
@@ -186,7 +187,7 @@ def init_state(
     model,
     optimizer: optax.GradientTransformation,
     *,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | int,
     trainable: Any = None,
 ) -> TrainState:
     """Fresh `TrainState` at step 0 (EMA equal to the model); also the ``like`` for loading.
@@ -194,7 +195,8 @@ def init_state(
     ``trainable`` is the filter spec of `fit`: the optimiser state covers the selected arrays.
     """
     params, _ = split_trainable(model, trainable)
-    return TrainState(model, model, optimizer.init(params), 0, _typed_key(key), _empty_history())
+    key = _typed_key(as_key(key))
+    return TrainState(model, model, optimizer.init(params), 0, key, _empty_history())
 
 
 def _as_state(init) -> TrainState:
@@ -232,7 +234,7 @@ def fit(
     data: Any,
     *,
     optimizer: Any,
-    key: PRNGKeyArray | None = None,
+    key: PRNGKeyArray | int | None = None,
     num_steps: int,
     batch_size: int,
     steps_per_call: int = 100,
@@ -286,7 +288,8 @@ def fit(
             replacement on device (the same rows from every leaf). Floating arrays must be
             finite; a bare array must be floating.
         optimizer: An ``optax.GradientTransformation`` (see `make_optimizer`).
-        key: PRNG key of the run (stored in checkpoints). Optional with ``init`` (its key is
+        key: PRNG key of the run (stored in checkpoints), or an int seed (``jax.random.key``).
+            Optional with ``init`` (its key is
             used; a different key is ignored with a warning, as on resume).
         num_steps: Total number of updates, counting those already done by a resumed
             checkpoint or by ``init``.
@@ -300,7 +303,10 @@ def fit(
         val_every: Validate after every multiple of this many updates (default
             ``steps_per_call`` when ``val_data`` is given).
         checkpoint: File path; the state is saved there atomically at the end and every
-            ``checkpoint_every`` updates.
+            ``checkpoint_every`` updates. Checked to be writable before training starts. The
+            file carries a format version, a checksum of its weights and the shapes of the
+            model and optimiser state: damage or a mismatch on resume is reported, never
+            loaded quietly.
         checkpoint_every: Save interval in updates (requires ``checkpoint``).
         resume: If True and ``checkpoint`` exists, continue from it (its key is used; it takes
             precedence over ``init``, which is used while the file does not exist yet).
@@ -338,7 +344,10 @@ def fit(
 
     Raises:
         FloatingPointError: The loss, a gradient or a parameter became non-finite; names the
-            first bad step and the last checkpoint, which is left untouched.
+            first bad step and the last checkpoint, which is left untouched. A check inside
+            the loss that fails (e.g. [`cnf.log_prob`][diffeqgen.cnf.log_prob] meeting a
+            non-finite state) is reported with the range of steps it happened in and its own
+            message (``RuntimeError`` when it is not about a non-finite value).
         ValueError, TypeError: Invalid arguments (the message names the argument), or a model
             that cannot be called as ``model(t, x, args)`` on one sample.
     """
@@ -367,7 +376,7 @@ def fit(
     if not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
         raise ValueError(f"model has no floating-point arrays to train: {type(model).__name__}")
     split_trainable(model, trainable)  # check the spec early
-    key = _typed_key(key)
+    key = _typed_key(as_key(key))
     train_key, val_key = jr.split(key)
     data, is_sampler = check_data("data", data, batch_size, key)
     place = _placement(mesh, batch_axis, batch_size)
@@ -395,6 +404,8 @@ def fit(
             raise TypeError(f"callback must be callable (step, state) -> None, got {callback!r}")
         callback_every = callback_every or steps_per_call
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+    if checkpoint is not None:
+        check_writable(checkpoint)  # before training, not after it
 
     batch_struct = eqx.filter_eval_shape(draw, data, is_sampler, key, batch_size)
     loss_struct, aux_spec = check_aux(check_loss(loss_fn, model, key, batch_struct))
@@ -497,17 +508,27 @@ def fit(
             stop = _next_stop(step, num_steps, [steps_per_call, *every])
             n = stop - step
             t1 = time.perf_counter()
-            new_carry, (losses, aux, ok) = advance(step, n)
-            losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
+            where = (
+                f"the last good checkpoint is {checkpoint!r} (step {last_saved})"
+                if last_saved is not None
+                else "no checkpoint was written"
+                + ("" if checkpoint else " (pass checkpoint=... to keep one)")
+            )
+            try:
+                new_carry, (losses, aux, ok) = advance(step, n)
+                losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
+            except eqx.EquinoxRuntimeError as e:  # a check inside the loss (e.g. cnf.log_prob)
+                msg = str(e)
+                if "EquinoxRuntimeError: " in msg:  # keep the message, drop Equinox's stack
+                    msg = msg.split("EquinoxRuntimeError: ", 1)[1].split("\n\n")[0]
+                kind = FloatingPointError if "non-finite" in msg else RuntimeError
+                raise kind(
+                    f"the loss failed during steps {step + 1}..{stop}: {msg}; training stopped "
+                    f"and this state was not saved; {where}"
+                ) from e
             train_seconds += time.perf_counter() - t1
             if not ok.all():
                 bad = int(np.argmin(ok))
-                where = (
-                    f"the last good checkpoint is {checkpoint!r} (step {last_saved})"
-                    if last_saved is not None
-                    else "no checkpoint was written"
-                    + ("" if checkpoint else " (pass checkpoint=... to keep one)")
-                )
                 raise FloatingPointError(
                     f"non-finite loss, gradient or parameter at step {step + bad + 1} (loss = "
                     f"{losses[bad]}); training stopped and this state was not saved; {where}"

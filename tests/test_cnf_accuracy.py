@@ -121,7 +121,9 @@ def test_a_failed_setting_keeps_its_row_with_the_reason(points):
         args=jnp.asarray(M, jnp.float32),
     )
     assert row["nfe"] is None and row["mean_abs_error"] is None and row["max_abs_error"] is None
-    assert row["failed"].startswith("EquinoxRuntimeError: The maximum number of solver steps")
+    assert row["failed"].startswith(
+        "RuntimeError: cnf.log_prob: solver 'Dopri5' reached max_steps=2 before the end time"
+    )
 
 
 def test_reference_shape_is_checked(points):
