@@ -45,6 +45,15 @@ def test_ebm_langevin_quick(tmp_path):
     assert len({h["nfe"] for h in heal}) == 1
     ode = {h["delta"]: h["w2"] for h in heal if h["sampler"].startswith("probability-flow")}
     assert ode[1.0] > ode[0.0]
+    # ... while the stochastic samplers of the trained score model recover from it (self-healing)
+    stochastic = [
+        h["w2"]
+        for h in heal
+        if h["delta"] == 1.0 and not h["sampler"].startswith("probability-flow")
+    ]
+    assert len(stochastic) == 2
+    assert max(stochastic) < ode[1.0], heal
+    assert m["heal_model"]["kind"] == "eps" and m["heal_model"]["steps"] == 1500
     with np.load(out / "samples.npz") as z:
         assert z["8gaussians"].shape == (m["config"]["n"], 2) and np.all(np.isfinite(z["pinwheel"]))
     summary = (out / "summary.md").read_text()
