@@ -41,7 +41,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from . import nn
 from ._checks import check_int, check_nonnegative, check_positive
 from ._conditioning import batched, one_sample, pack
-from ._samplers import langevin_mcmc
+from ._failures import first_bad
+from ._samplers import _fixed, langevin_mcmc
 from ._solvers import Solution, _check_x0
 from ._types import RealScalarLike
 from .losses import split_batch
@@ -226,7 +227,7 @@ def _mala_core(energy, key, x, t, h, num_steps, temperature, args):
     noise = jnp.sqrt(2.0 * h * temperature)
 
     def body(carry, i):
-        x, e, g, acc = carry
+        x, e, g, acc, bad = carry
         kz, ku = jr.split(jr.fold_in(key, i))
         z = jr.normal(kz, x.shape, x.dtype)
         y = x - h * g + noise * z
@@ -237,12 +238,16 @@ def _mala_core(energy, key, x, t, h, num_steps, temperature, args):
         u = jr.uniform(ku, e.shape, x.dtype)
         ok = jnp.log(u) < log_ratio  # NaN (a non-finite proposal) is rejected
         sel = lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
-        return (sel(y, x), jnp.where(ok, ey, e), sel(gy, g), acc + ok), None
+        x, e, g = sel(y, x), jnp.where(ok, ey, e), sel(gy, g)
+        # a chain whose state, energy or gradient is non-finite is stuck (NaN proposals are
+        # rejected forever): that is the failure reported, at its first step
+        return (x, e, g, acc + ok, first_bad(bad, (x, e, g), i + 1)), None
 
     e, g = eg_b(t, x, args)
     acc = jnp.zeros(x.shape[0], jnp.int32)
-    (x, _, _, acc), _ = jax.lax.scan(body, (x, e, g, acc), jnp.arange(num_steps))
-    return x, acc
+    bad = jnp.zeros((), jnp.int32)
+    (x, _, _, acc, bad), _ = jax.lax.scan(body, (x, e, g, acc, bad), jnp.arange(num_steps))
+    return x, acc, bad
 
 
 def mala(
@@ -256,6 +261,7 @@ def mala(
     t: RealScalarLike = 1.0,
     args: Any = None,
     cond: Any = None,
+    throw: bool = True,
 ) -> Solution:
     r"""Metropolis-adjusted Langevin (MALA), every chain in parallel (one compiled scan).
 
@@ -276,6 +282,9 @@ def mala(
         t: Time (or noise level) at which the energy is taken.
         args: Passed to ``energy`` (shared by every chain).
         cond: Optional per-chain condition (leading axis n), mapped with the chains.
+        throw: raise ``RuntimeError`` naming the step when a chain's state, energy or gradient
+            becomes non-finite (a stuck chain: its NaN proposals are all rejected); ``False``
+            returns the ``Solution`` with ``ok``, ``fail_step``, ``fail_t`` (NaN) instead.
 
     Returns:
         ``Solution`` with the final states ``x``, ``nfe = num_steps + 1`` (energy-and-gradient
@@ -299,10 +308,16 @@ def mala(
     ta = jnp.asarray(t, x.dtype)
     h = jnp.asarray(step_size, x.dtype)
     temp = jnp.asarray(temperature, x.dtype)
-    x, acc = _mala_core(fn, key, x, ta, h, num_steps, temp, args)
+    x, acc, bad = _mala_core(fn, key, x, ta, h, num_steps, temp, args)
+    sol = _fixed(
+        x, bad, num_steps + 1, num_steps, where="mala", throw=throw, total=num_steps,
+        describe=lambda k: f"step {k} of {num_steps}",
+        hint="Check the energy and its gradient for NaN/inf at the chains' states",
+    )  # fmt: skip
     return Solution(
-        x=x, nfe=num_steps + 1, num_steps=num_steps, num_accepted=acc, num_rejected=num_steps - acc
-    )
+        x=sol.x, nfe=sol.nfe, num_steps=num_steps, num_accepted=acc,
+        num_rejected=num_steps - acc, ok=sol.ok, fail_step=sol.fail_step, fail_t=sol.fail_t,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ loss

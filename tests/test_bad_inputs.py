@@ -840,3 +840,17 @@ def test_few_step_sampler_nan_raises_and_opt_out_flags():
     assert not bool(jitted.ok)
     fine = dg.solve.sample_ode(nan_after(2.0), X0, solver="dpm++2m", steps=5, path=path)
     assert fine.ok is True and np.all(np.isfinite(np.asarray(fine.x)))
+
+
+def test_mala_stuck_chain_raises_and_opt_out_flags():
+    def energy(t, x, args):  # NaN where x[0] > 3: a chain started there is stuck
+        return 0.5 * jnp.sum(x**2) + jnp.where(x[0] > 3.0, jnp.nan, 0.0)
+
+    x0 = jnp.array([[0.0, 0.0], [5.0, 0.0]])
+    kw = dict(key=jr.key(0), step_size=0.1, num_steps=10)
+    with pytest.raises(RuntimeError, match=r"mala: a non-finite value .* at step 1 of 10"):
+        dg.ebm.mala(energy, x0, **kw)
+    sol = dg.ebm.mala(energy, x0, **kw, throw=False)
+    assert sol.ok is False and sol.fail_step == 1
+    fine = dg.ebm.mala(energy, x0[:1], **kw)
+    assert fine.ok is True and fine.num_accepted.shape == (1,)

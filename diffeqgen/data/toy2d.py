@@ -75,9 +75,10 @@ ASYMMETRIC_MIXTURE: GaussianMixture
 @functools.cache
 def _mixture(name: str) -> GaussianMixture:
     # Concrete arrays even when first used inside a trace (a sampler called under jit): the
-    # cached mixture must not hold a tracer.
+    # cached mixture must not hold a tracer. And float32, as when these were built at import:
+    # a first use under jax_enable_x64 must not leave float64 mixtures for float32 code.
     with jax.ensure_compile_time_eval():
-        return GaussianMixture(*_MIXTURE_ARGS[name])
+        return GaussianMixture(*(np.asarray(a, np.float32) for a in _MIXTURE_ARGS[name]))
 
 
 def __getattr__(name: str):
