@@ -17,6 +17,33 @@ def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
     )
 
 
+def load_script(path):
+    """Import an experiments/ script as a module (in-process: no new JAX start-up)."""
+    import importlib.util
+
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"_study_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_bad_flags_fail(script, args, needle, tmp_path, capsys):
+    """``script``'s ``main`` exits with an argparse error naming ``needle`` before any work: no
+    output folder and no checkpoint folder is created."""
+    import pytest
+
+    ckpt = tmp_path / "c"
+    with pytest.raises(SystemExit) as e:
+        load_script(script).main(
+            [*args, "--quick", "--out", str(tmp_path / "o"), "--checkpoints", str(ckpt)]
+        )
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert needle in err and "error" in err.lower()
+    assert not ckpt.exists() and not (tmp_path / "o").exists()
+
+
 def run_script(path, *args, timeout=None):
     """Run an experiments/ or benchmarks/ script in a subprocess; return CompletedProcess.
 
@@ -46,7 +73,14 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-__all__ = ["tree_allclose", "run_script", "assert_trees_equal", "jnp"]
+__all__ = [
+    "tree_allclose",
+    "run_script",
+    "assert_trees_equal",
+    "load_script",
+    "assert_bad_flags_fail",
+    "jnp",
+]
 
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"

@@ -1,11 +1,10 @@
 """The main study runs end to end in --quick mode and rejects bad input before any work."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from helpers import run_script
+from helpers import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "cnf_likelihood.py"
 FILES = (
@@ -18,13 +17,6 @@ FILES = (
     "metrics.json",
     "summary.md",
 )
-
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("cnf_likelihood", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -82,7 +74,7 @@ def check_quality(m):
     ],
 )
 def test_bad_input_fails_fast(args, match, tmp_path, capsys):
-    study = load_study()
+    study = load_script(SCRIPT)
     with pytest.raises(SystemExit) as info:
         study.main(["--quick", "--out", str(tmp_path / "x"), *args])
     assert info.value.code != 0
@@ -92,7 +84,7 @@ def test_bad_input_fails_fast(args, match, tmp_path, capsys):
 
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit) as info:
-        load_study().parse_args(["--help"])
+        load_script(SCRIPT).parse_args(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     for flag in (

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
+from helpers import assert_bad_flags_fail, load_script, run_script
 from helpers import is_finite_number as _finite
 from helpers import run_ok as _run
-from helpers import run_script
 
 SCORE_SDE = EXP / "score_sde_2d.py"
 DSM_DDPM = EXP / "dsm_vs_ddpm.py"
@@ -113,16 +113,6 @@ def check_dsm_quality(m):
         assert r["mode_tv"] < 0.1, r
 
 
-def _load(script):
-    """Import an experiments/ script as a module (in-process: no new JAX start-up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_study_{script.stem}", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_help_subprocess():
     r = run_script(SCORE_SDE, "--help")
     assert r.returncode == 0 and "--quick" in r.stdout
@@ -131,7 +121,7 @@ def test_help_subprocess():
 @pytest.mark.parametrize("script", [SCORE_SDE, DSM_DDPM])
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as e:
-        _load(script).parse_args(["--help"])
+        load_script(script).parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--quick", "--seed", "--out", "--resume", "--checkpoints"):
@@ -155,14 +145,7 @@ def test_help(script, capsys):
     ],
 )
 def test_bad_flags_fail_before_training(tmp_path, capsys, script, args, needle):
-    ckpt = tmp_path / "c"
-    with pytest.raises(SystemExit) as e:
-        _load(script).main([*args, "--quick", "--out", str(tmp_path / "o"), "--checkpoints",
-                            str(ckpt)])  # fmt: skip
-    assert e.value.code != 0
-    err = capsys.readouterr().err
-    assert needle in err and "error" in err.lower()
-    assert not ckpt.exists() and not (tmp_path / "o").exists()
+    assert_bad_flags_fail(script, args, needle, tmp_path, capsys)
 
 
 def test_annealed_langevin_gaussian(key):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
+from helpers import assert_bad_flags_fail, load_script
 from helpers import is_finite_number as _finite
 from helpers import run_ok as _run
 
@@ -121,20 +122,10 @@ def check_cat_to_dog_quality(m):
     assert m["per_coupling"]["ot"]["kinetic_excess"] < 0.05, m["per_coupling"]["ot"]
 
 
-def _load(script):
-    """Import an experiments/ script as a module (in-process: no new JAX start-up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_study_{script.stem}", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("script", [FM2D, CAT_DOG])
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as e:
-        _load(script).parse_args(["--help"])
+        load_script(script).parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--quick", "--seed", "--out", "--resume", "--checkpoints"):
@@ -157,11 +148,4 @@ def test_help(script, capsys):
 def test_bad_flags_fail_before_training(tmp_path, capsys, script, args, needle):
     # In-process (each subprocess would pay a JAX start-up); the scripts' own entry point runs
     # as a subprocess in the quick tests above.
-    ckpt = tmp_path / "c"
-    with pytest.raises(SystemExit) as e:
-        _load(script).main([*args, "--quick", "--out", str(tmp_path / "o"), "--checkpoints",
-                            str(ckpt)])  # fmt: skip
-    assert e.value.code != 0
-    err = capsys.readouterr().err
-    assert needle in err and "error" in err.lower()
-    assert not ckpt.exists() and not (tmp_path / "o").exists()
+    assert_bad_flags_fail(script, args, needle, tmp_path, capsys)
