@@ -34,16 +34,21 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# Test modules whose tests run a whole study (a subprocess each, 20-50 s on a quiet machine),
-# longest first. They run before everything else so that the two xdist workers finish together
-# (a long test picked up last would leave one worker idle); whole modules move, so module-scoped
-# fixtures are still set up once.
+# Test modules with the longest tests (whole quick studies and benchmarks, 20-70 s each on a
+# quiet machine; a module fixture that runs emulated devices in subprocesses). They run before
+# everything else so that the two xdist workers finish together (a long test picked up last
+# would leave one worker idle). test_sharding.py comes first: its module fixture is then set up
+# once, at the head of the first worker's queue, before any test of it can be stolen by the
+# other worker (worksteal steals from the tail).
 _LONG_MODULES = (
+    "test_sharding.py",
+    "test_benchmarks.py",
     "test_cnf_study.py",
     "test_studies_diffusion.py",
     "test_studies_fm.py",
     "test_reflow_study.py",
     "test_conditional_study.py",
+    "test_ebm_study.py",
     "test_readme.py",
 )
 

@@ -28,6 +28,22 @@ def load_script(path):
     return mod
 
 
+def run_main(script, *args):
+    """Run a study's ``main`` in this process (``--quick`` runs in the tests).
+
+    Saves the JAX start-up and backend set-up of a subprocess, and the worker's compilation
+    cache is shared with the other tests. The studies in experiments/ (not the main study, not
+    the benchmarks, which set float64 globally) leave no global JAX state behind: the float64
+    flag is checked to be unchanged. Return whatever ``main`` returns.
+    """
+    import jax
+
+    x64 = jax.config.jax_enable_x64
+    out = load_script(script).main([str(a) for a in args])
+    assert jax.config.jax_enable_x64 == x64, f"{pathlib.Path(script).name} changed jax_enable_x64"
+    return out
+
+
 def assert_bad_flags_fail(script, args, needle, tmp_path, capsys):
     """``script``'s ``main`` exits with an argparse error naming ``needle`` before any work: no
     output folder and no checkpoint folder is created."""
@@ -78,6 +94,7 @@ __all__ = [
     "run_script",
     "assert_trees_equal",
     "load_script",
+    "run_main",
     "assert_bad_flags_fail",
     "jnp",
 ]

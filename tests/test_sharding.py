@@ -1,7 +1,8 @@
 """Data parallelism on emulated CPU devices: the same answers as one device, split the same way.
 
-Each check runs ``tests/sharded_run.py`` in a fresh process, since the number of emulated
-devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is fixed when JAX starts.
+Each multi-device check runs ``tests/sharded_run.py`` in a fresh process, since the number of
+emulated devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is fixed when JAX
+starts; the resumes on one device run in this process (no JAX start-up).
 """
 
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import run_script
 from jax.sharding import Mesh
+from sharded_run import resume
 
 import diffeqgen as dg
 
@@ -65,8 +67,8 @@ def test_a_batch_that_does_not_divide_the_devices_is_refused(four):
 
 def test_a_four_device_checkpoint_resumes_on_one_device(four):
     out, checkpoint = four
-    resumed = result(1, str(checkpoint) + ".step20", "resume")
-    assert resumed["devices"] == 1 and resumed["step"] == 30
+    resumed = resume(str(checkpoint) + ".step20")  # in this process: one device, no mesh
+    assert resumed["param_devices"] == 1 and resumed["step"] == 30
     loss = np.asarray(resumed["loss_resumed"])
     assert np.array_equal(loss[:20], np.asarray(out["loss_mesh"][:20], np.float32))
     np.testing.assert_allclose(loss[20:], out["loss_mesh"][20:], rtol=1e-5)
@@ -99,8 +101,8 @@ def test_two_processes_train_as_one_program(four, tmp_path):
         assert r["global_devices"] == 4
         np.testing.assert_allclose(r["loss"], out["loss_one"][:20], rtol=1e-5)
     # Written once (by process 0), and it resumes in a single process on one device.
-    resumed = result(1, checkpoint, "resume")
-    assert resumed["step"] == 30
+    resumed = resume(checkpoint)  # in this process: one device, no mesh
+    assert resumed["param_devices"] == 1 and resumed["step"] == 30
     assert np.array_equal(resumed["loss_resumed"][:20], np.float32(results[0]["loss"]))
 
 
