@@ -1,6 +1,7 @@
 """Couplings, given pairs and reflow: exact answers where they exist (constant and affine maps,
-the quarter-circle flow, the N(0, 1) -> N(m, s^2) flow map), the OT coupling against scipy, and
-one round of reflow on a curved exact field straightening it."""
+the quarter-circle flow, the N(0, 1) -> N(m, s^2) flow map) and the OT coupling against scipy.
+One round of reflow on a curved exact field straightening it (pairs, training, straightness) is
+tested once, in tests/test_research_tasks.py::test_task_reflow (one training for the suite)."""
 
 import functools
 
@@ -8,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 import pytest
 from scipy.optimize import linear_sum_assignment
 
@@ -165,40 +165,3 @@ def test_straightness_exact_cases(key, x64):
     st = couplings.straightness(rot, circle, steps=200)
     assert float(st.length_ratio) == pytest.approx(np.pi / (2 * np.sqrt(2)), rel=1e-4)
     assert float(st.deviation) == pytest.approx(np.pi**2 / 4 - 2, rel=1e-4)
-
-
-@pytest.mark.slow
-def test_one_reflow_round_straightens_an_exact_curved_flow(key):
-    # teacher: the exact marginal velocity of the linear path to a two-component mixture
-    # (curved trajectories); one round of reflow through dg.train.fit on the pairs gives a field
-    # whose 1-step Euler map reproduces the teacher's flow and whose paths are nearly straight.
-    mix = dg.data.GaussianMixture(
-        jnp.array([[-2.0, 0.0], [2.0, 0.0]]),
-        jnp.tile(0.09 * jnp.eye(2), (2, 1, 1)),
-        jnp.array([0.5, 0.5]),
-    )
-    teacher = dg.groundtruth.velocity_field(mix, dg.paths.get_path("linear"))
-    x0, x1 = couplings.reflow_pairs(teacher, key, 4000, source=noise, steps=32)
-    model = dg.nn.MLP(2, 2, width=32, depth=2, key=jr.fold_in(key, 1))
-    loss = functools.partial(losses.flow_matching_loss, path="linear")
-    res = dg.train.fit(
-        model,
-        loss,
-        couplings.pair_sampler(x0, x1),
-        optimizer=optax.adam(3e-3),
-        key=jr.fold_in(key, 2),
-        num_steps=1500,
-        batch_size=256,
-        progress=False,
-    )
-    student = res.ema_model
-    z = noise(jr.fold_in(key, 3), 500)
-    s_teacher = couplings.straightness(teacher, z, steps=32)
-    s_student = couplings.straightness(student, z, steps=32)
-    assert float(s_student.deviation) < 0.2 * float(s_teacher.deviation)
-    ref = dg.solve.sample_ode(teacher, z, solver="rk4", steps=32).x
-    one = dg.solve.sample_ode(student, z, solver="euler", steps=1).x
-    teacher_one = dg.solve.sample_ode(teacher, z, solver="euler", steps=1).x
-    err = float(jnp.sqrt(jnp.mean(jnp.sum((one - ref) ** 2, 1))))
-    err_teacher = float(jnp.sqrt(jnp.mean(jnp.sum((teacher_one - ref) ** 2, 1))))
-    assert err < 0.5 * err_teacher
