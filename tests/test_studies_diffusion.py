@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
-from helpers import assert_bad_flags_fail, load_script, run_script
+from helpers import assert_bad_flags_fail, load_script, run_main, run_ok
 from helpers import is_finite_number as _finite
-from helpers import run_ok as _run
 
 SCORE_SDE = EXP / "score_sde_2d.py"
 DSM_DDPM = EXP / "dsm_vs_ddpm.py"
@@ -16,7 +15,9 @@ DSM_DDPM = EXP / "dsm_vs_ddpm.py"
 @pytest.mark.slow
 def test_score_sde_2d_quick(tmp_path):
     out = tmp_path / "out"
-    _run(SCORE_SDE, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
+    # A subprocess, not run_main: in-process, the suite's jaxtyping+beartype hook rejects the
+    # study's plotting.scatter(..., s=4) (an int for `s: float`; see the report of issue 10).
+    run_ok(SCORE_SDE, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
     for f in ("metrics.json", "summary.md", "samples.npz", "samples.png", "losses.png"):
         assert (out / f).is_file(), f
     assert list(out.glob("fields_*.png"))
@@ -60,7 +61,7 @@ def check_score_sde_quality(m):
 @pytest.mark.slow
 def test_dsm_vs_ddpm_quick(tmp_path):
     out = tmp_path / "out"
-    _run(DSM_DDPM, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
+    run_main(DSM_DDPM, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
     for f in (
         "metrics.json",
         "summary.md",
@@ -111,11 +112,6 @@ def check_dsm_quality(m):
         assert r["w2_over_floor"] < w2_bound, r
         assert r["M2"] > m2_bound and r["M2"] < floor["M2"] + 0.05, (r, floor["M2"])
         assert r["mode_tv"] < 0.1, r
-
-
-def test_help_subprocess():
-    r = run_script(SCORE_SDE, "--help")
-    assert r.returncode == 0 and "--quick" in r.stdout
 
 
 @pytest.mark.parametrize("script", [SCORE_SDE, DSM_DDPM])
@@ -194,12 +190,12 @@ def test_annealed_langevin_rejects_bad_sigmas(key):
 def test_dsm_vs_ddpm_resume_matches_uninterrupted(tmp_path):
     """A run stopped at 200 steps and resumed to 300 equals an uninterrupted 300-step run."""
     common = ["--quick", "--models", "ddpm", "--seed", "3"]
-    _run(DSM_DDPM, *common, "--ddpm-steps", "300", "--out", str(tmp_path / "a"),
-         "--checkpoints", str(tmp_path / "ca"))  # fmt: skip
-    _run(DSM_DDPM, *common, "--ddpm-steps", "200", "--out", str(tmp_path / "b"),
-         "--checkpoints", str(tmp_path / "cb"))  # fmt: skip
-    _run(DSM_DDPM, *common, "--ddpm-steps", "300", "--resume", "--out", str(tmp_path / "b"),
-         "--checkpoints", str(tmp_path / "cb"))  # fmt: skip
+    run_main(DSM_DDPM, *common, "--ddpm-steps", "300", "--out", str(tmp_path / "a"),
+             "--checkpoints", str(tmp_path / "ca"))  # fmt: skip
+    run_main(DSM_DDPM, *common, "--ddpm-steps", "200", "--out", str(tmp_path / "b"),
+             "--checkpoints", str(tmp_path / "cb"))  # fmt: skip
+    run_main(DSM_DDPM, *common, "--ddpm-steps", "300", "--resume", "--out", str(tmp_path / "b"),
+             "--checkpoints", str(tmp_path / "cb"))  # fmt: skip
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())["rows"][0]
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())["rows"][0]
     for k in ("w2", "mmd", "M1", "M3", "best_test_loss"):
