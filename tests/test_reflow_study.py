@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import EXPERIMENTS as EXP
 from helpers import is_finite_number as _finite
-from helpers import run_ok as _run
+from helpers import run_main
 
 REFLOW = EXP / "reflow_2d.py"
 
@@ -13,7 +13,7 @@ REFLOW = EXP / "reflow_2d.py"
 @pytest.mark.slow
 def test_reflow_2d_quick(tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ckpt"
-    _run(REFLOW, "--quick", "--datasets", "moons", "--out", str(out), "--checkpoints", str(ck))
+    run_main(REFLOW, "--quick", "--datasets", "moons", "--out", str(out), "--checkpoints", str(ck))
     for f in ("metrics.json", "summary.md", "reflow.png"):
         assert (out / f).is_file(), f
     assert sorted(p.name for p in ck.iterdir()) == ["moons_student.eqx", "moons_teacher.eqx"]
