@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, is_finite_number, run_ok
+from helpers import EXPERIMENTS, is_finite_number, run_main
 
 SCRIPT = EXPERIMENTS / "conditional_2d.py"
 FILES = ("metrics.json", "summary.md", "samples.npz", "samples.png", "vs_w.png")
@@ -49,7 +49,7 @@ def check_quality(m):
 @pytest.mark.slow
 def test_conditional_2d_quick(tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_ok(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
+    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
     for f in FILES:
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())

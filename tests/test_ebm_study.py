@@ -21,7 +21,8 @@ def test_ebm_langevin_quick(tmp_path):
     old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *old]))
     args = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--checkpoints", str(ck)]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, check=False)
+    # no wall-clock limit: a slow machine must not fail it (pytest-timeout catches a hang)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, f"failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     for f in ("metrics.json", "summary.md", "samples.npz", "ebm_samples.png",
               "mcmc_gradient.png", "self_healing.png", "losses.png"):  # fmt: skip
