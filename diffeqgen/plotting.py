@@ -47,7 +47,7 @@ def scatter(
     x,
     *,
     lim: float = 4.0,
-    s: float = 1.0,
+    s: float | int = 1.0,
     alpha: float = 0.5,
     color=None,
     title: str | None = None,
@@ -153,7 +153,7 @@ def trajectories(
     end_label: str = "t = 1",
     lw: float = 0.5,
     alpha: float = 0.5,
-    s: float = 4.0,
+    s: float | int = 4.0,
 ):
     """Draw 2D trajectories ``xs (T, n, 2)`` (e.g. ``Solution.xs``) as grey lines.
 

@@ -1,29 +1,20 @@
 """End-to-end test of experiments/ebm_langevin.py in quick mode."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
 from helpers import is_finite_number as _finite
+from helpers import run_main
 
 SCRIPT = EXP / "ebm_langevin.py"
-ROOT = EXP.parent
 
 
 @pytest.mark.slow
 def test_ebm_langevin_quick(tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ckpt"
-    # this checkout's diffeqgen first on the path (the subprocess must not import another copy)
-    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *old]))
-    args = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--checkpoints", str(ck)]
-    # no wall-clock limit: a slow machine must not fail it (pytest-timeout catches a hang)
-    r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    assert r.returncode == 0, f"failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
     for f in ("metrics.json", "summary.md", "samples.npz", "ebm_samples.png",
               "mcmc_gradient.png", "self_healing.png", "losses.png"):  # fmt: skip
         assert (out / f).is_file(), f

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
-from helpers import assert_bad_flags_fail, load_script, run_main, run_ok
+from helpers import assert_bad_flags_fail, load_script, run_main
 from helpers import is_finite_number as _finite
 
 SCORE_SDE = EXP / "score_sde_2d.py"
@@ -15,9 +15,7 @@ DSM_DDPM = EXP / "dsm_vs_ddpm.py"
 @pytest.mark.slow
 def test_score_sde_2d_quick(tmp_path):
     out = tmp_path / "out"
-    # A subprocess, not run_main: in-process, the suite's jaxtyping+beartype hook rejects the
-    # study's plotting.scatter(..., s=4) (an int for `s: float`; see the report of issue 10).
-    run_ok(SCORE_SDE, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
+    run_main(SCORE_SDE, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
     for f in ("metrics.json", "summary.md", "samples.npz", "samples.png", "losses.png"):
         assert (out / f).is_file(), f
     assert list(out.glob("fields_*.png"))

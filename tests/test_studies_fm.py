@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
-from helpers import assert_bad_flags_fail, load_script, run_main, run_ok
+from helpers import assert_bad_flags_fail, load_script, run_main
 from helpers import is_finite_number as _finite
 
 FM2D = EXP / "flow_matching_2d.py"
@@ -27,9 +27,7 @@ def _check_common(out, m):
 @pytest.mark.slow
 def test_flow_matching_2d_quick(tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ckpt"
-    # A subprocess, not run_main: in-process, the suite's jaxtyping+beartype hook rejects the
-    # study's plotting.scatter(..., s=3) (an int for `s: float`; see the report of issue 10).
-    run_ok(FM2D, "--quick", "--out", str(out), "--checkpoints", str(ck))
+    run_main(FM2D, "--quick", "--out", str(out), "--checkpoints", str(ck))
     for f in (
         "metrics.json",
         "summary.md",
