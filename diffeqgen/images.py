@@ -62,7 +62,7 @@ class DigitClassifier(eqx.Module):
 
     def __init__(
         self,
-        image_shape: tuple[int, int, int] = (1, 8, 8),
+        image_shape: tuple[int, ...] = (1, 8, 8),
         num_classes: int = 10,
         *,
         width: int = 256,
@@ -206,22 +206,20 @@ def _check_classifier(classifier: Any) -> DigitClassifier:
     return classifier
 
 
-def features(
-    classifier: DigitClassifier, x: Float[ArrayLike, "n c h w"]
-) -> Float[np.ndarray, "n f"]:
+def features(classifier: Any, x: Float[ArrayLike, "n c h w"]) -> Float[np.ndarray, "n f"]:
     """Penultimate-layer features of a batch of images, a NumPy array ``(n, feature_size)``."""
     c = _check_classifier(classifier)
     return _batched(c.features, _check_images("x", x, c.image_shape))
 
 
-def predict(classifier: DigitClassifier, x: Float[ArrayLike, "n c h w"]) -> Int[np.ndarray, " n"]:
+def predict(classifier: Any, x: Float[ArrayLike, "n c h w"]) -> Int[np.ndarray, " n"]:
     """Predicted class (argmax of the logits) of each image, a NumPy int array ``(n,)``."""
     c = _check_classifier(classifier)
     return np.argmax(_batched(c.logits, _check_images("x", x, c.image_shape)), axis=-1)
 
 
 def accuracy(
-    classifier: DigitClassifier, x: Float[ArrayLike, "n c h w"], labels: Int[ArrayLike, " n"]
+    classifier: Any, x: Float[ArrayLike, "n c h w"], labels: Int[ArrayLike, " n"]
 ) -> float:
     """Fraction of images ``x`` whose predicted class equals ``labels`` ``(n,)``."""
     pred = predict(classifier, x)
@@ -232,7 +230,7 @@ def accuracy(
 
 
 def frechet_distance(
-    classifier: DigitClassifier, x: Float[ArrayLike, "n c h w"], y: Float[ArrayLike, "m c h w"]
+    classifier: Any, x: Float[ArrayLike, "n c h w"], y: Float[ArrayLike, "m c h w"]
 ) -> float:
     """Frechet distance between two image sets in the classifier's feature space.
 

@@ -17,8 +17,12 @@ __all__ = ["UNet"]
 
 
 def _groups(channels: int, max_groups: int) -> int:
-    """Largest divisor of ``channels`` that is at most ``max_groups`` (GroupNorm's groups)."""
-    return math.gcd(channels, max_groups)
+    """GroupNorm's groups: a divisor of ``channels``, at most ``max_groups``, >= 4 channels each.
+
+    A group of one channel would subtract the per-channel embedding that the residual block adds
+    just before its second norm; with several channels a group only its group mean is removed.
+    """
+    return math.gcd(channels, max(1, min(max_groups, channels // 4)))
 
 
 class ResBlock(eqx.Module):
@@ -82,7 +86,8 @@ class UNet(eqx.Module):
         channels: Width of each encoder level (one entry per level, at least one).
         embed_dim: Size of the time (and class) embedding, even.
         num_classes: Number of classes K for a class-conditional network (labels 0..K, K null).
-        norm_groups: GroupNorm groups (at most; the largest divisor of the width is used).
+        norm_groups: GroupNorm groups at most (a divisor of the width with at least 4 channels
+            a group where the width allows: the added embedding must survive the norm).
         key: PRNG key for the weights.
     """
 
