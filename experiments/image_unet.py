@@ -25,7 +25,8 @@ its penultimate features of generated digits and of half the test digits, beside
 between the two disjoint halves of the test set), averaged over random halvings; the class
 histogram of generated digits (entropy, smallest class share).
 
-Run ``python experiments/image_unet.py`` (about 15 minutes on 2 CPU cores) or ``--quick``.
+Run ``python experiments/image_unet.py`` (27 min on 2 CPU cores shared with other jobs, load ~25;
+most of it compilation and contention) or ``--quick``.
 """
 
 import json
@@ -349,7 +350,7 @@ def summary(m):
         f"images to one half of the test set, mean over {cfg['fd_reps']} random halvings; "
         f"floor = FD between the two disjoint halves = {floor:.2f} +- {m['fd_floor_sd']:.2f}.",
         "",
-        "## Quality bar (default run)",
+        "## Quality bar (set for the default run)",
         "",
         f"- best unconditional sampler ({best['name']}): FD {best['fd']:.2f} = "
         f"{best['fd'] / floor:.2f} x floor (bar: <= 2): **{'met' if bar['fd'] else 'NOT met'}**",
@@ -365,7 +366,8 @@ def summary(m):
         *_common.table(
             "path | solver | NFE | FD | FD / floor",
             [
-                f"{p} | {r['solver']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / floor:.2f}"
+                f"{p} | {r['solver'].split(', ')[-1]} | {r['nfe']} | {r['fd']:.2f} | "
+                f"{r['fd'] / floor:.2f}"
                 for p, rows in m["schedules"].items()
                 for r in rows
             ],
@@ -375,7 +377,8 @@ def summary(m):
         "## Flow-plus-score SDE (velocity UNet + score UNet, linear path)",
         "",
         f"dX = [v + sigma_t^2 / 2 s] dt + sigma_t dW with sigma_t = a (1 - t), Euler-Maruyama "
-        f"{cfg['sde_steps']} steps (a = 0 is the flow ODE by Euler).",
+        f"{cfg['sde_steps']} steps (a = 0 is the flow ODE by Euler). NFE counts drift "
+        "evaluations; each evaluates both networks.",
         "",
         *_common.table(
             "a | NFE | FD | FD / floor",
@@ -386,7 +389,8 @@ def summary(m):
         "## Class-conditional flow matching with classifier-free guidance",
         "",
         f"Label dropout p = {cfg['dropout']} (null label {NULL}); `solve.guided(model, w, "
-        f"{NULL})`, Euler {cfg['cond_steps']} steps, {cfg['n_per_class']} digits per class.",
+        f"{NULL})`, Euler {cfg['cond_steps']} steps, {_per_class(cfg, m['fd_m'])} digits per class "
+        "(the same noise for every w).",
         "",
         *_common.table(
             "w | classified as its class | FD | FD / floor | NFE",
@@ -423,6 +427,11 @@ def summary(m):
         "labels.",
     ]
     return lines
+
+
+def _per_class(cfg, m):
+    """Conditional digits per class: enough for an FD set of m images."""
+    return max(cfg["n_per_class"], -(-m // K))
 
 
 def _bpd_text(b):
@@ -504,7 +513,7 @@ def main(argv=None):
         "flow_matching", path="linear", cond_dropout=cfg["dropout"], null_cond=NULL
     )
     res_cond = fit_unet(args, "conditional", cfm, (xj, jnp.asarray(y)), cfg, keys["cond"], K)
-    npc = max(cfg["n_per_class"], -(-score.m // K))
+    npc = _per_class(cfg, score.m)
     labels = jnp.repeat(jnp.arange(K, dtype=jnp.int32), npc)
     xc0 = jr.normal(jr.fold_in(keys["noise"], 1), (K * npc, *shape))
     guidance, cond_samples = [], {}
