@@ -25,8 +25,8 @@ its penultimate features of generated digits and of half the test digits, beside
 between the two disjoint halves of the test set), averaged over random halvings; the class
 histogram of generated digits (entropy, smallest class share).
 
-Run ``python experiments/image_unet.py`` (27 min on 2 CPU cores shared with other jobs, load ~25;
-most of it compilation and contention) or ``--quick``.
+Run ``python experiments/image_unet.py`` (27 min measured on 2 CPU cores heavily shared with
+other jobs; see ``summary.md``) or ``--quick``.
 """
 
 import json
