@@ -79,3 +79,22 @@ def test_image_unet_bad_flags_fail_before_any_work(tmp_path, capsys):
 def test_image_unet_missing_data_file_fails_before_any_work(tmp_path, capsys):
     missing = str(tmp_path / "mnist.npz")
     assert_bad_flags_fail(SCRIPT, ["--data", missing], "--data", tmp_path, capsys)
+
+
+def test_image_unet_data_flag_reads_mnist_with_a_fixed_split(tmp_path):
+    """--data PATH: a Keras-style .npz without a test split is split 5:1 by a fixed seed."""
+    from helpers import load_script
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "m.npz", x_train=imgs, y_train=rng.integers(0, 10, 60))
+    mod = load_script(SCRIPT)
+    args = mod.parse_args(["--quick", "--data", str(tmp_path / "m.npz"), "--out", str(tmp_path)])
+    x, y, xt, yt, name = mod.load(args)
+    assert x.shape == (50, 1, 28, 28) and xt.shape == (10, 1, 28, 28) and "MNIST" in name
+    assert len(y) == 50 and len(yt) == 10 and -1 <= x.min() and x.max() <= 1
+    x2, _, xt2, _, _ = mod.load(args)
+    np.testing.assert_array_equal(xt, xt2)
+    # train and test are disjoint rows of the file, together all of them
+    train, test = {r.tobytes() for r in x}, {r.tobytes() for r in xt}
+    assert not train & test and len(train | test) == 60
