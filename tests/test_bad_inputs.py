@@ -44,6 +44,7 @@ SDE = dg.sdes.ornstein_uhlenbeck(1.0, 1.0)
 ENERGY = dg.ebm.energy_mlp(2, width=4, depth=1, key=KEY)
 X0 = jnp.ones((3, 2))
 TINY = dg.nn.MLP(2, 2, width=4, depth=1, key=KEY)
+IMGS = np.zeros((2, 1, 8, 8), np.float32)  # two blank 8x8 images
 OPT = dg.train.make_optimizer(1e-3)
 FM = functools.partial(dg.losses.flow_matching_loss, path="linear")
 
@@ -405,6 +406,15 @@ CASES = [
         "covariances",
     ),
     ("data.Polygon", lambda: dg.data.Polygon([[0.0, 0.0], [1.0, 1.0]]), ValueError, "vertices"),
+    ("data.digits", lambda: dg.data.digits("val"), ValueError, "'val'"),
+    (
+        "data.digits/fraction",
+        lambda: dg.data.digits(test_fraction=1.5),
+        ValueError,
+        "test_fraction",
+    ),
+    ("data.load_mnist", lambda: dg.data.load_mnist("/nonexistent.idx"), FileNotFoundError, "path"),
+    ("data.read_idx", lambda: dg.data.read_idx("/nonexistent.idx"), FileNotFoundError, "IDX"),
     # ------------------------------------------------------------------ dg.groundtruth
     (
         "groundtruth.marginal/t",
@@ -509,6 +519,51 @@ CASES = [
         "repeats",
     ),  # fmt: skip
     ("metrics.mode_tv", lambda: dg.metrics.mode_tv(X, 5), TypeError, "mixture must be"),
+    (
+        "metrics.frechet_distance",
+        lambda: dg.metrics.frechet_distance(X[:1], X),
+        ValueError,
+        "2 rows",
+    ),
+    # ------------------------------------------------------------------ dg.images
+    (
+        "images.DigitClassifier",
+        lambda: dg.images.DigitClassifier((8, 8), key=KEY),
+        ValueError,
+        "image_shape",
+    ),
+    (
+        "images.train_classifier",
+        lambda: dg.images.train_classifier(IMGS, -jnp.ones(2, jnp.int32), key=KEY),
+        ValueError,
+        "labels must be >= 0",
+    ),
+    ("images.features", lambda: dg.images.features("clf", IMGS), TypeError, "DigitClassifier"),
+    ("images.predict", lambda: dg.images.predict("clf", IMGS), TypeError, "DigitClassifier"),
+    (
+        "images.accuracy",
+        lambda: dg.images.accuracy("clf", IMGS, jnp.zeros(2, jnp.int32)),
+        TypeError,
+        "DigitClassifier",
+    ),
+    (
+        "images.frechet_distance",
+        lambda: dg.images.frechet_distance("clf", IMGS, IMGS),
+        TypeError,
+        "DigitClassifier",
+    ),
+    (
+        "images.class_histogram",
+        lambda: dg.images.class_histogram(np.array([0, 12]), 10),
+        ValueError,
+        "0..9",
+    ),
+    (
+        "images.histogram_entropy",
+        lambda: dg.images.histogram_entropy(np.array([0.5, 0.6])),
+        ValueError,
+        "summing to 1",
+    ),
     # ------------------------------------------------------------------ dg.nn
     ("nn.MLP", lambda: dg.nn.MLP(2, 2, activation="gelu2", key=KEY), ValueError, "'gelu2'"),
     ("nn.EnergyMLP", lambda: dg.nn.EnergyMLP(0, key=KEY), ValueError, "in_size"),
@@ -516,6 +571,7 @@ CASES = [
     ("nn.SinusoidalEmbedding", lambda: dg.nn.SinusoidalEmbedding(3), ValueError, "dim"),
     ("nn.time_concat", lambda: dg.nn.time_concat(5), TypeError, "net"),
     ("nn.TimeConcat", lambda: dg.nn.TimeConcat("net"), TypeError, "net"),
+    ("nn.UNet", lambda: dg.nn.UNet(1, channels=(), key=KEY), ValueError, "channels"),
     # ------------------------------------------------------------------ dg.sdes
     ("sdes.brownian_motion", lambda: dg.sdes.brownian_motion(-1.0), ValueError, "sigma"),
     ("sdes.ornstein_uhlenbeck", lambda: dg.sdes.ornstein_uhlenbeck(-1.0, 1.0), ValueError, "theta"),
