@@ -35,6 +35,13 @@ shared); ``"per_sample"`` one solve per sample (vmapped, own steps); ``"rms"`` o
 with the RMS error of the whole batch (torchdiffeq's default; does not bound each sample)."""
 
 
+PI_COEFFS = dict(pcoeff=0.3, icoeff=0.3)
+"""PI step-size control of adaptive likelihood solves (Diffrax's I-control is pcoeff=0,
+icoeff=1). Measured on a SELU field (divergence with jumps) at dopri5 1e-5: the batched RMS
+control's max error fell from 0.0166 to 0.0114 nats for 25% more NFE, and per-sample control's
+from 0.027 to 0.019 with 19% fewer NFE (docs, CNF page)."""
+
+
 def _max_sample_norm(error) -> Array:
     """Max over samples of each sample's RMS over its components of ``(z (n, *event), delta (n,))``.
 
@@ -252,7 +259,7 @@ def _solve_augmented(
     if steps is None:
         norm = dict(norm=_max_sample_norm) if error_control == "max" else {}
         controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), **norm
+            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), **PI_COEFFS, **norm
         )
         dt0 = None
     else:
