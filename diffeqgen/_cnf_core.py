@@ -28,6 +28,31 @@ TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 """Probe distributions for Hutchinson's estimator."""
 
+ERROR_CONTROLS = ("max", "per_sample", "rms")
+"""Error control of adaptive likelihood solves: ``"max"`` one batched solve whose error norm is
+the max over samples of each sample's RMS error (every sample meets the tolerance, the steps are
+shared); ``"per_sample"`` one solve per sample (vmapped, own steps); ``"rms"`` one batched solve
+with the RMS error of the whole batch (torchdiffeq's default; does not bound each sample)."""
+
+
+PI_COEFFS = dict(pcoeff=0.3, icoeff=0.3)
+"""PI step-size control of adaptive likelihood solves (Diffrax's I-control is pcoeff=0,
+icoeff=1). Measured on a SELU field (divergence with jumps) at dopri5 1e-5: the batched RMS
+control's max error fell from 0.0166 to 0.0114 nats for 25% more NFE, and per-sample control's
+from 0.027 to 0.019 with 19% fewer NFE (docs, CNF page)."""
+
+
+def _max_sample_norm(error) -> Array:
+    """Max over samples of each sample's RMS over its components of ``(z (n, *event), delta (n,))``.
+
+    The norm of ``diffrax.PIDController`` for ``error_control="max"``: the step is accepted only
+    when every sample's scaled error is below 1 (Diffrax stops gradients through the controller).
+    """
+    z, delta = error
+    n = delta.shape[0]
+    sq = jnp.sum(jnp.reshape(z, (n, -1)) ** 2, axis=1) + delta**2
+    return jnp.sqrt(jnp.max(sq) / (z[0].size + 1))
+
 
 def _standard_normal_log_prob(z: Array) -> Array:
     flat = z.reshape(z.shape[0], -1)
@@ -217,11 +242,12 @@ def _solve_augmented(
     probe,
     key,
     args,
-    per_sample,
+    error_control,
     adjoint,
     max_steps,
 ):
     n, event, dtype = z.shape[0], z.shape[1:], z.dtype
+    per_sample = error_control == "per_sample"
     if trace == "hutchinson":
         shape = (n, num_probes, *event)
         if probe == "rademacher":
@@ -231,8 +257,9 @@ def _solve_augmented(
     else:
         probes = None
     if steps is None:
+        norm = dict(norm=_max_sample_norm) if error_control == "max" else {}
         controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
+            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), **PI_COEFFS, **norm
         )
         dt0 = None
     else:

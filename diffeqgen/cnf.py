@@ -32,9 +32,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Bool
 
-from ._checks import check_array, check_finite, check_int, check_positive
+from ._checks import check_array, check_choice, check_finite, check_int, check_positive
 from ._cnf_accuracy import error_vs_nfe, hutchinson_error
 from ._cnf_core import (
+    ERROR_CONTROLS,
     PROBES,
     TRACES,
     _base_log_prob,
@@ -47,9 +48,12 @@ from ._conditioning import pack
 from ._types import Array, ArrayLike, Float, PRNGKeyArray, RealScalarLike
 from .nn import MLP
 
+DEFAULT_ERROR_CONTROL = "rms"
+
 __all__ = [
     "TRACES",
     "PROBES",
+    "ERROR_CONTROLS",
     "log_prob",
     "log_prob_chunked",
     "reference_log_prob",
@@ -79,10 +83,11 @@ def log_prob(
     key: PRNGKeyArray | None = None,
     args: Any = None,
     cond: Any = None,
-    per_sample: bool = True,
+    per_sample: bool | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
     throw: bool = True,
+    error_control: str | None = None,
 ) -> (
     tuple[Float[Array, " n"], Float[Array, ""]]
     | tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
@@ -116,9 +121,18 @@ def log_prob(
         args: passed through to ``vector_field`` (shared by every sample).
         cond: optional per-sample condition (leading axis ``n``) mapped with ``x``: the field
             sees ``cond_i`` (or ``(args, cond_i)``), giving the conditional log p(x_i | cond_i).
-        per_sample: adaptive steps with per-sample error control (one solve per sample, vmapped).
-            ``False`` integrates the batch as one state, whose RMS error control does not bound each
-            sample's error. Ignored for fixed steps.
+        per_sample: the older switch of ``error_control``: ``True`` is ``"per_sample"``,
+            ``False`` is ``"rms"``; ``None`` (default) leaves the choice to ``error_control``.
+        error_control: adaptive steps only. ``"rms"`` (the default) integrates the batch as
+            one state under the RMS error of the whole batch (torchdiffeq's choice);
+            ``"per_sample"`` runs one vmapped solve per sample with its own steps; ``"max"``
+            integrates the batch as one state and accepts a step only when every sample's RMS
+            error is within tolerance. All three use PI step-size control. The default is
+            measured, not argued: on a trained SELU field (kinks) at dopri5 1e-5, ``"rms"`` had
+            the smallest max error per NFE (below torchdiffeq's at 1.25x its NFE),
+            ``"per_sample"`` a larger max error at more NFE, ``"max"`` a 6x smaller error at
+            5x the NFE (docs, CNF page). A batched solve's values depend slightly on the other
+            points of the batch (within the solver error). Ignored for fixed steps.
         adjoint: a Diffrax adjoint for gradients; default ``RecursiveCheckpointAdjoint()``
             (``diffrax.BacksolveAdjoint()`` trades accuracy of the gradient for memory).
         max_steps: step limit (default ``steps`` for fixed steps, 4096 adaptive); reaching it
@@ -181,7 +195,7 @@ def log_prob(
         probe=probe,
         key=key,
         args=args,
-        per_sample=per_sample,
+        error_control=_error_control(per_sample, error_control),
         adjoint=adjoint,
         max_steps=max_steps,
     )
@@ -191,6 +205,22 @@ def log_prob(
         atol=atol, args=args, throw=bool(throw),
     )  # fmt: skip
     return (log_p, nfe) if throw else (log_p, nfe, ok)
+
+
+def _error_control(per_sample, error_control) -> str:
+    """The error control from the two switches (``per_sample`` is the older one)."""
+    if per_sample is not None and not isinstance(per_sample, bool | np.bool_):
+        raise ValueError(f"per_sample must be True, False or None, got {per_sample!r}")
+    implied = None if per_sample is None else ("per_sample" if per_sample else "rms")
+    if error_control is None:
+        return implied or DEFAULT_ERROR_CONTROL
+    check_choice("error_control", error_control, ERROR_CONTROLS)
+    if implied is not None and implied != error_control:
+        raise ValueError(
+            f"per_sample={per_sample!r} contradicts error_control={error_control!r}; "
+            "pass only error_control"
+        )
+    return error_control
 
 
 def _check_points(x):
@@ -214,8 +244,10 @@ def log_prob_chunked(
 
     ``x`` is padded to a multiple of ``chunk_size`` by repeating its rows cyclically, each chunk
     of ``chunk_size`` rows goes through [`log_prob`][] (so every call with the same options reuses
-    one compiled solve, whatever ``n``), and the padding is dropped. With the default per-sample
-    error control each returned value equals ``log_prob`` of its chunk exactly. Time convention
+    one compiled solve, whatever ``n``), and the padding is dropped. With
+    ``error_control="per_sample"`` (or fixed steps) each returned value equals ``log_prob`` of
+    its row alone exactly; with a batched error control (the default ``"rms"``) it depends on
+    the other rows of its chunk within the solver error. Time convention
     as in [`log_prob`][]: base at ``t0`` (noise), ``x`` at ``t1`` (data). An eager helper for
     evaluation (a Python loop over chunks); inside ``jit``/``grad`` call [`log_prob`][].
 
@@ -275,7 +307,8 @@ def reference_log_prob(
 
     Switches ``jax_enable_x64`` on for the duration of the call only (and restores it), casts
     every floating-point array in ``vector_field``, ``x`` and the ``base``, ``args`` and ``cond``
-    options to float64, and calls [`log_prob`][] with per-sample error control (default dopri8,
+    options to float64, and calls [`log_prob`][] with per-sample error control (unless
+    ``error_control`` or ``per_sample`` says otherwise; default dopri8,
     ``rtol = atol = 1e-12``). Use it to measure the error of float32 likelihoods of a trained
     model. Time convention as in [`log_prob`][]: base at ``t0`` (noise), ``x`` at ``t1`` (data).
     Eager only (it flips a global JAX flag): do not call it inside ``jit``.
@@ -309,6 +342,8 @@ def reference_log_prob(
         for name in ("base", "args", "cond"):
             if kwargs.get(name) is not None:
                 kwargs[name] = to64(kwargs[name])
+        if kwargs.get("error_control") is None and kwargs.get("per_sample") is None:
+            kwargs["error_control"] = "per_sample"  # every sample to its own tolerance
         lp, nfe = log_prob(
             to64(vector_field),
             jnp.asarray(x, jnp.float64),
@@ -341,10 +376,11 @@ def sample_and_log_prob(
     probe: str = "rademacher",
     args: Any = None,
     cond: Any = None,
-    per_sample: bool = True,
+    per_sample: bool | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
     throw: bool = True,
+    error_control: str | None = None,
 ) -> (
     tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""]]
     | tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
@@ -374,11 +410,14 @@ def sample_and_log_prob(
         probe: ``"rademacher"`` or ``"gaussian"``.
         args: passed to ``vector_field`` (shared by every sample).
         cond: optional per-sample condition (leading axis ``n``), mapped with the samples.
-        per_sample: per-sample error control for adaptive solves.
+        per_sample: ``True``/``False`` for ``error_control="per_sample"``/``"rms"`` (older
+            switch); ``None`` leaves the choice to ``error_control``.
         adjoint: Diffrax adjoint (default recursive checkpointing).
         max_steps: step limit.
         throw: raise on a failed or non-finite solve (default); ``False`` returns
             ``(x, log_p, nfe, ok)`` with ``ok`` of shape ``(n,)`` (see [`log_prob`][]).
+        error_control: ``"rms"`` (default), ``"per_sample"`` or ``"max"``, as in
+            [`log_prob`][].
 
     Returns:
         ``(x, log_p, nfe)`` with ``x`` of shape ``(n, *event)``, ``log_p`` of shape ``(n,)``.
@@ -426,7 +465,7 @@ def sample_and_log_prob(
         probe=probe,
         key=probe_key,
         args=args,
-        per_sample=per_sample,
+        error_control=_error_control(per_sample, error_control),
         adjoint=adjoint,
         max_steps=max_steps,
     )
@@ -503,6 +542,7 @@ def nll_loss(
     t1: RealScalarLike = 1.0,
     adjoint: diffrax.AbstractAdjoint | None = None,
     throw: bool = True,
+    error_control: str | None = None,
 ) -> Float[Array, ""]:
     """Mean negative log-likelihood ``-mean(log p_1(x))`` (nats) of a batch under ``model``.
 
@@ -537,6 +577,7 @@ def nll_loss(
         key=probe_key,
         adjoint=adjoint,
         throw=bool(throw),
+        error_control=error_control,
     )
     if throw:
         return -jnp.mean(log_p)

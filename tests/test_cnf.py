@@ -154,7 +154,8 @@ def test_nfe_counts_match_vector_field_calls(key):
         return jnp.tanh(3 * z) - 0.3 * z + jnp.sin(4 * t) * jnp.tanh(z) ** 2
 
     x = jnp.array([[0.1, -0.2], [2.5, 1.0], [-3.0, 2.0], [0.0, 0.4], [1.0, -2.0]])
-    for kw in [dict(), dict(rtol=1e-8, atol=1e-8), dict(solver="rk4", steps=3)]:
+    per_sample = dict(error_control="per_sample")
+    for kw in [per_sample, dict(rtol=1e-8, atol=1e-8, **per_sample), dict(solver="rk4", steps=3)]:
         calls[0] = 0
         lp, nfe = cnf.log_prob(field, x, **kw)
         jax.block_until_ready(lp)
