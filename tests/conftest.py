@@ -43,6 +43,7 @@ def pytest_unconfigure(config):
 _LONG_MODULES = (
     "test_sharding.py",
     "test_benchmarks.py",
+    "test_image_study.py",
     "test_cnf_study.py",
     "test_studies_diffusion.py",
     "test_studies_fm.py",

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, assert_bad_flags_fail, is_finite_number, run_ok
+from helpers import EXPERIMENTS, assert_bad_flags_fail, is_finite_number, run_main
 
 SCRIPT = EXPERIMENTS / "image_unet.py"
 FILES = (
@@ -51,7 +51,7 @@ QUICK_COND_ACCURACY = 0.5  # calibration run: 0.82 at w = 2 (chance: 0.1)
 @pytest.mark.slow
 def test_image_unet_quick(tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_ok(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
+    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
     for f in FILES:
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
