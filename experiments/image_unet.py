@@ -224,8 +224,7 @@ def tile(x, rows, cols):
 
 def grids_figure(sets, out, rows=8, cols=8):
     fig, axes = plt.subplots(1, len(sets), figsize=(2.4 * len(sets), 2.7), squeeze=False)
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     for ax, (title, x) in zip(axes[0], sets.items(), strict=True):
         ax.imshow(tile(x, rows, cols), cmap=cmap, vmin=-1, vmax=1)
         ax.set(xticks=[], yticks=[])
