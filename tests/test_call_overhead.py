@@ -1,9 +1,10 @@
-"""fit's cheaper calls give the same answers as before.
+"""Cheaper calls of fit and the samplers give the same answers as before and hide no error.
 
 ``fit`` runs full chunks without a ``lax.cond`` around each update (a masked executable only
 for a shorter chunk), compiles ahead of time instead of a warm-up run, memoises its abstract
-checks of the sampler and the loss, and compiles the optimiser's ``init``. None of that may
-change a result (bit for bit on CPU) or hide an error.
+checks of the sampler and the loss, and compiles the optimiser's ``init``. The samplers memoise
+their check of the vector field's output shape. None of that may change a result (bit for bit
+on CPU) or hide an error.
 """
 
 import functools
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffeqgen import losses, paths
+from diffeqgen import losses, paths, solve
 from diffeqgen.train import fit, init_state
 
 OPT = optax.adam(1e-2)
@@ -118,3 +119,31 @@ def test_init_state_matches_eager_optimizer_init():
         assert x.dtype == y.dtype and x.shape == y.shape
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert jax.tree_util.tree_structure(state.opt_state) == jax.tree_util.tree_structure(eager)
+
+
+class Decay(eqx.Module):
+    rate: jax.Array
+
+    def __call__(self, t, x, args=None):
+        return -self.rate * x
+
+
+def test_sample_ode_memoised_check_keeps_answers_and_errors():
+    x0 = jr.normal(jr.key(0), (5, 2))
+    for rate in (1.0, 2.0):  # same structure, other weights: the answer follows the weights
+        field = Decay(jnp.asarray(rate))
+        for _ in range(2):
+            x1 = solve.sample_ode(field, x0, solver="euler", steps=100).x
+            # Euler on dx/dt = -r x: exactly x0 (1 - r/100)^100 (to float32 round-off)
+            np.testing.assert_allclose(x1, x0 * (1 - rate / 100) ** 100, rtol=1e-5)
+
+    def wrong(t, x, args):
+        return x[:1]
+
+    for _ in range(2):  # raised on every call, not only the first
+        with pytest.raises(ValueError, match=r"vector_field\(t, x, args\) must return"):
+            solve.sample_ode(wrong, x0, solver="euler", steps=4)
+    # the same module on samples of another size is checked again (and fails in the field)
+    solve.sample_ode(Decay(jnp.ones(2)), x0, solver="euler", steps=4)
+    with pytest.raises((ValueError, TypeError)):
+        solve.sample_ode(Decay(jnp.ones(2)), jnp.ones((5, 3)), solver="euler", steps=4)
