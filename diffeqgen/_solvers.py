@@ -307,8 +307,15 @@ def _check_output(name: str, fn, t, x0, args, *, allow_scalar: bool = False):
     one = jax.ShapeDtypeStruct(event, x0.dtype)
     t_struct = jax.ShapeDtypeStruct((), x0.dtype)
     from ._conditioning import one_sample
+    from ._memo import abstract_key, cached
 
-    out = jax.eval_shape(fn, t_struct, one, one_sample(args))
+    args_one = one_sample(args)
+    # Memoised (tracing costs ms per call) and traced through a lambda: jax.eval_shape of an
+    # Equinox module itself formats the module's repr, weights included (~30 ms).
+    out = cached(
+        ("output", abstract_key(fn), abstract_key((t_struct, one, args_one))),
+        lambda: jax.eval_shape(lambda t, x, a: fn(t, x, a), t_struct, one, args_one),
+    )
     shape = getattr(out, "shape", None)
     ok = shape == event or (allow_scalar and shape is not None and shape == ())
     if not ok:

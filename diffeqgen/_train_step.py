@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from ._checks import check_array, check_finite
+from ._memo import abstract_key, cached
 from .losses import SIGNATURE_HINT, split_batch
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "val_loss",
     "StepConfig",
     "RESERVED",
+    "abstract_key",
+    "cached",
 ]
 
 RESERVED = ("step", "loss")
@@ -131,7 +134,8 @@ def check_data(name: str, data, batch_size: int, key) -> tuple[Any, bool]:
     beside integer or boolean ones such as labels); its leaves become JAX arrays.
     """
     if callable(data) and not hasattr(data, "shape"):
-        _check_sampler(name, data, batch_size, key)
+        check = lambda: _check_sampler(name, data, batch_size, key)  # noqa: E731
+        cached(("sampler", name, data, batch_size, abstract_key(key)), check)
         return data, True
     return _check_arrays(name, data), False
 
@@ -284,8 +288,12 @@ def cast_aux(aux: dict, spec) -> dict:
 
 
 @eqx.filter_jit
-def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig):
+def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig, masked=True):
     """Run ``config.steps_per_call`` scanned updates; only the first ``n_active`` are applied.
+
+    ``masked=False`` (a static choice, compiled apart) is the executable for full chunks: every
+    iteration is an update, with no ``lax.cond`` around it (``n_active`` is then ignored); the
+    conditional costs ~5% of a small model's step on CPU. Both compute the same updates.
 
     ``carry`` is ``(params, ema, opt_state)``: ``params`` the trainable floating-point arrays,
     ``ema`` the EMA of ALL floating-point arrays (frozen ones included: the EMA of a constant
@@ -328,6 +336,8 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig)
         return carry, (jnp.zeros((), loss_dtype), aux, jnp.array(True))
 
     def body(carry, i):
+        if not masked:
+            return do(carry, step0 + i)
         return jax.lax.cond(i < n_active, do, skip, carry, step0 + i)
 
     steps = jnp.arange(config.steps_per_call, dtype=jnp.int32)

@@ -66,6 +66,8 @@ from ._checks import as_key, check_choice, check_int, check_positive
 from ._train_step import (
     RESERVED,
     StepConfig,
+    abstract_key,
+    cached,
     check_aux,
     check_data,
     check_loss,
@@ -196,7 +198,13 @@ def init_state(
     """
     params, _ = split_trainable(model, trainable)
     key = _typed_key(as_key(key))
-    return TrainState(model, model, optimizer.init(params), 0, key, _empty_history())
+    return TrainState(model, model, _opt_init(optimizer, params), 0, key, _empty_history())
+
+
+@eqx.filter_jit
+def _opt_init(optimizer, params):
+    """``optimizer.init(params)`` compiled once per optimiser (eagerly it costs ms per call)."""
+    return optimizer.init(params)
 
 
 def _as_state(init) -> TrainState:
@@ -407,8 +415,17 @@ def fit(
     if checkpoint is not None:
         check_writable(checkpoint)  # before training, not after it
 
-    batch_struct = eqx.filter_eval_shape(draw, data, is_sampler, key, batch_size)
-    loss_struct, aux_spec = check_aux(check_loss(loss_fn, model, key, batch_struct))
+    # Abstract evaluations (tracing, ~15 ms a call) depend only on the objects and shapes:
+    # memoised, so that a short fit call costs little more than its compiled steps.
+    batch_struct = cached(
+        ("draw", data if is_sampler else None, abstract_key(data), batch_size, abstract_key(key)),
+        lambda: eqx.filter_eval_shape(draw, data, is_sampler, key, batch_size),
+    )
+    loss_struct = cached(
+        ("loss", loss_fn, abstract_key(model), abstract_key(key), abstract_key(batch_struct)),
+        lambda: check_loss(loss_fn, model, key, batch_struct),
+    )
+    loss_struct, aux_spec = check_aux(loss_struct)
 
     def adopt_key(stored, source: str):
         nonlocal key, train_key, val_key
@@ -477,16 +494,31 @@ def fit(
         None if mesh is None else sharding.batch_sharding(mesh, batch_axis),
     )
 
-    def advance(step: int, n: int):
+    def chunk_args(step: int, n: int):
+        # a full chunk runs every iteration unconditionally; a shorter one masks the rest
+        masked = n < steps_per_call
         step, n = jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32)
-        return run_chunk((params, ema, opt_state), rest, data, step, n, train_key, config)
+        return ((params, ema, opt_state), rest, data, step, n, train_key, config, masked)
 
+    compiled: set[bool] = set()
+
+    def compile_chunk(step: int, n: int) -> float:
+        """Compile (without running) the executable for this chunk; cached across calls."""
+        args = chunk_args(step, n)
+        if args[-1] in compiled:
+            return 0.0
+        t = time.perf_counter()
+        run_chunk.lower(*args).compile()
+        compiled.add(args[-1])
+        return time.perf_counter() - t
+
+    every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
     val_loss_key = jr.fold_in(val_key, 1)
     t0 = time.perf_counter()
-    if step < num_steps:  # warm-up with no active step: trace + compile (cached across calls)
-        jax.block_until_ready(advance(0, 0))
+    if step < num_steps:  # trace + compile the first chunk's executable (no warm-up run)
+        compile_chunk(step, _next_stop(step, num_steps, [steps_per_call, *every]) - step)
     if val_data is not None and step < num_steps:
-        jax.block_until_ready(val_loss(ema, rest, val_data, val_loss_key, loss_fn))
+        val_loss.lower(ema, rest, val_data, val_loss_key, loss_fn).compile()
     compile_seconds = time.perf_counter() - t0
 
     def current_state() -> TrainState:
@@ -500,13 +532,14 @@ def fit(
         if jax.process_index() == 0:  # one writer when several hosts share the run
             save_checkpoint(checkpoint, state)
 
-    every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
     start_step, train_seconds, stop_requested = step, 0.0, False
     bar = tqdm(total=num_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     try:
         while step < num_steps and not stop_requested:
             stop = _next_stop(step, num_steps, [steps_per_call, *every])
             n = stop - step
+            first = compile_chunk(step, n)  # 0 unless this chunk needs the other executable
+            compile_seconds += first
             t1 = time.perf_counter()
             where = (
                 f"the last good checkpoint is {checkpoint!r} (step {last_saved})"
@@ -515,7 +548,7 @@ def fit(
                 + ("" if checkpoint else " (pass checkpoint=... to keep one)")
             )
             try:
-                new_carry, (losses, aux, ok) = advance(step, n)
+                new_carry, (losses, aux, ok) = run_chunk(*chunk_args(step, n))
                 losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
             except eqx.EquinoxRuntimeError as e:  # a check inside the loss (e.g. cnf.log_prob)
                 msg = str(e)
