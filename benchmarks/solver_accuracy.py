@@ -30,6 +30,7 @@ Runs in float64. Writes ``results/benchmarks/solver_accuracy.{json,png,md}`` (1-
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import platform
@@ -39,6 +40,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib  # noqa: E402
@@ -47,7 +49,7 @@ import numpy as np  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffeqgen import cnf, data, groundtruth, paths, sdes, solve  # noqa: E402
+from diffeqgen import cnf, data, groundtruth, losses, nn, paths, sdes, solve, train  # noqa: E402
 
 FIXED_SOLVERS = [
     "euler",
@@ -144,6 +146,9 @@ def sde_study(mixture, path, key, n, steps_list, solvers):
     return rows, floor
 
 
+# network evaluations per fixed step (FSAL solvers reuse the last stage: +1 for the first step)
+STAGES = dict(euler=1, midpoint=2, heun=2, ralston=2, rk4=4, bosh3=3, tsit5=6, dopri5=6,
+              dopri8=13)  # fmt: skip
 FEWSTEP = list(solve.FEWSTEP_SAMPLERS)
 TWO_EVAL = {"dpm++2s", "edm_heun"}
 FEW_PATHS = ["linear", "vp"]
@@ -165,15 +170,17 @@ def trajectory_study(mixture, path_name, x0, nfe_targets, sparse_targets, generi
     rows = []
     for name in generic:
         for steps in generic_steps:
-            sol = solve.sample_ode(field, x0, solver=name, steps=steps)
-            if sol.nfe > 1100:
+            if steps * STAGES[name] > 1100:
                 break
+            sol = solve.sample_ode(field, x0, solver=name, steps=steps)
             rows.append(
                 dict(solver=name, grid="uniform", steps=steps, nfe=int(sol.nfe),
                      rms_err=_rms(sol.x, ref), kind="generic")
             )  # fmt: skip
     for name in FEWSTEP:
-        for grid, targets in (("uniform", nfe_targets), (_default_grid(name), sparse_targets)):
+        grids = [("uniform", nfe_targets)]
+        grids += [(g, sparse_targets) for g in (_default_grid(name), "quadratic")]
+        for grid, targets in grids:
             for target in targets:
                 steps = max(1, round(target / 2)) if name in TWO_EVAL else target
                 steps = max(1, steps - 1) if name == "dpm++3m" and target > 2 else steps
@@ -225,17 +232,88 @@ def distribution_study(mixture, path_name, key, n, nfe_list, both_grids, floor_r
     return rows, floor
 
 
-def plot_fewstep(few, file):
-    fig, axes = plt.subplots(1, len(few), figsize=(7.5 * len(few), 5.2))
+def likelihood_vs_nfe(field, x, exact, steps_list, solvers, floor_tol=1e-8):
+    """Max |log p error| of ``cnf.log_prob`` with fixed-step solvers against ``exact``.
+
+    The few-step samplers integrate the state only (noise to data), not the divergence, so
+    they have no likelihood: this is the generic solvers' curve. The last row is dopri5 at
+    ``floor_tol``, the floor of the comparison (for the VP path the t = 0 marginal is not
+    exactly the prior N(0, sigma(0)^2 I) because alpha(0) > 0).
+    """
+    exact = np.asarray(exact)
+    rows = []
+    runs = [(name, dict(steps=k)) for name in solvers for k in steps_list]
+    runs.append(("dopri5", dict(rtol=floor_tol, atol=floor_tol, max_steps=100_000)))
+    for name, kw in runs:
+        if kw.get("steps", 0) * STAGES[name] > 1100:
+            continue
+        lp, nfe = cnf.log_prob(field, x, solver=name, **kw)
+        err = np.abs(np.asarray(lp) - exact)
+        rows.append(dict(solver=name, steps=kw.get("steps"), nfe=int(nfe),
+                         max_err=float(err.max()), mean_err=float(err.mean())))  # fmt: skip
+    return rows
+
+
+def trained_study(mixture, key, quick, n, nfe_targets):
+    """One trained 2D model against its own float64 dopri8 reference (tolerance 1e-12).
+
+    A flow-matching MLP (velocity, linear path) trained here in float64 on the same mixture;
+    the few-step samplers read its data prediction through the exact conversion
+    (``paths.as_vector_field(model, path, "velocity")``). Trajectory error against NFE for
+    Euler, RK4 and every few-step sampler (uniform grid), and the likelihood error of
+    ``cnf.log_prob`` with fixed steps against the model's own dopri5 log-density (tol 1e-10).
+    """
+    k_data, k_model, k_fit, k_x0, k_eval = jr.split(key, 5)
+    path = paths.get_path("linear")
+    steps = 200 if quick else 1500
+    model = nn.MLP(2, 2, width=64, depth=3, key=k_model)
+    fit = train.fit(
+        model, functools.partial(losses.flow_matching_loss, path=path),
+        mixture.sample(k_data, 20_000), optimizer=train.make_optimizer(2e-3), key=k_fit,
+        num_steps=steps, batch_size=256, steps_per_call=100, progress=False,
+    )  # fmt: skip
+    f64 = lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a  # noqa: E731
+    field = paths.as_vector_field(jax.tree.map(f64, fit.ema_model), path, "velocity")
+    x0 = jr.normal(k_x0, (n, 2))
+    ref = solve.sample_ode(field, x0, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
+    rows = []
+    generic_steps = [1000] if quick else [4, 8, 16, 32, 64, 128, 256, 1000]
+    for name in ("euler", "rk4"):
+        for k in generic_steps:
+            if k * STAGES[name] > 1100:
+                break
+            sol = solve.sample_ode(field, x0, solver=name, steps=k)
+            rows.append(dict(solver=name, grid="uniform", steps=k, nfe=int(sol.nfe),
+                             rms_err=_rms(sol.x, ref), kind="generic"))  # fmt: skip
+    for name in FEWSTEP:
+        for target in nfe_targets:
+            k = max(1, round(target / 2)) if name in TWO_EVAL else target
+            sol = solve.sample_ode(field, x0, solver=name, steps=k, grid="uniform")
+            rows.append(dict(solver=name, grid="uniform", steps=k, nfe=int(sol.nfe),
+                             rms_err=_rms(sol.x, ref), kind="fewstep"))  # fmt: skip
+    target, best = headline(rows)
+    x_eval = jnp.asarray(mixture.sample(k_eval, max(64, n // 4)), jnp.float64)
+    own, _ = cnf.log_prob(field, x_eval, solver="dopri5", rtol=1e-10, atol=1e-10, max_steps=100_000)
+    lik = likelihood_vs_nfe(field, x_eval, own, [4] if quick else [2, 4, 8, 16, 32, 64, 128, 256],
+                            ["euler"] if quick else ["euler", "midpoint", "rk4"])  # fmt: skip
+    lik = [r for r in lik if r["steps"] is not None]  # not the tolerance row
+    return dict(trajectory=rows, euler1000=target, headline=best, likelihood=lik,
+                train_steps=steps, final_loss=float(fit.history["loss"][-1]))  # fmt: skip
+
+
+def plot_fewstep(few, trained, file):
+    panels = {**few, "trained": trained}
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(6.5 * (len(panels) + 1), 5.2))
     axes = np.atleast_1d(axes)
-    for ax, (path_name, res) in zip(axes, few.items(), strict=True):
+    for ax, (path_name, res) in zip(axes, panels.items(), strict=False):
         rows = res["trajectory"]
         for name in FIXED_SOLVERS:
             r = [q for q in rows if q["solver"] == name and q["kind"] == "generic"]
             ax.loglog([q["nfe"] for q in r], [max(q["rms_err"], 1e-16) for q in r], ":",
                       lw=1, color="0.6" if name != "euler" else "k", label=None)  # fmt: skip
         for name in FEWSTEP:
-            for grid, style in (("uniform", "o-"), (_default_grid(name), "x--")):
+            for grid, style in (("uniform", "o-"), (_default_grid(name), "x--"),
+                                ("quadratic", "+:")):  # fmt: skip
                 r = [q for q in rows if q["solver"] == name and q["grid"] == grid
                      and q["kind"] == "fewstep"]  # fmt: skip
                 ax.loglog([q["nfe"] for q in r], [max(q["rms_err"], 1e-16) for q in r], style,
@@ -243,12 +321,26 @@ def plot_fewstep(few, file):
         if res["euler1000"] is not None:
             ax.axhline(res["euler1000"], color="k", ls="-.", lw=0.8, label="Euler-1000 error")
         ax.axvline(20, color="r", ls=":", lw=0.8, label="NFE 20")
-        ax.set(
-            xlabel="NFE per sample",
-            ylabel="RMS endpoint error vs dopri8 (tol 1e-12)",
-            title=f"{path_name} path, exact mixture field (grey: generic RK solvers)",
+        title = (
+            "trained flow-matching MLP (linear path), own reference"
+            if path_name == "trained"
+            else f"{path_name} path, exact mixture field (grey: generic RK solvers)"
         )
+        ax.set(xlabel="NFE per sample", ylabel="RMS endpoint error vs dopri8 (tol 1e-12)",
+               title=title)  # fmt: skip
         ax.legend(fontsize=6, ncol=2)
+    ax = axes[-1]
+    for label, res in panels.items():
+        for name in sorted({r["solver"] for r in res["likelihood"] if r["steps"] is not None}):
+            r = [q for q in res["likelihood"] if q["solver"] == name and q["steps"] is not None]
+            ax.loglog([q["nfe"] for q in r], [max(q["max_err"], 1e-16) for q in r], "o-", ms=3,
+                      label=f"{label}: {name}")  # fmt: skip
+    ax.set(
+        xlabel="NFE per point",
+        ylabel="max |log p error| (nats)",
+        title="cnf.log_prob, fixed steps (exact field: vs exact log p; trained: vs dopri5)",
+    )
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(file, dpi=90)
     plt.close(fig)
@@ -307,6 +399,44 @@ def fewstep_summary(few, n_traj, n_dist):
             f"| {r['solver']} | {r['grid']} | {r['nfe']} | {r['moment_err']:.4f} | "
             f"{r['moment_err'] / res['dist_floor']:.2f} |"
             for r in res["distribution"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def trained_summary(trained, few):
+    lines = [
+        "",
+        "## One trained model against its own float64 reference",
+        "",
+        f"Flow-matching MLP (width 64, depth 3, velocity, linear path) trained here for "
+        f"{trained['train_steps']} steps on the mixture (final loss {trained['final_loss']:.3f}); "
+        "RMS endpoint distance to its own dopri8 solution at tolerance 1e-12, same noise. "
+        f"Euler-1000 error: {trained['euler1000']:.2e}.",
+        "",
+        "| solver | NFE | RMS error |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['solver']} | {r['nfe']} | {r['rms_err']:.2e} |" for r in trained["trajectory"]]
+    lines += ["", "Smallest measured NFE reaching the model's Euler-1000 error:", ""]
+    lines += [f"- {k}: {'-' if v is None else v}" for k, v in trained["headline"].items()]
+    lines += [
+        "",
+        "## Log-likelihood error against NFE (cnf.log_prob, fixed steps)",
+        "",
+        "Max |log p error| in nats: exact field against the mixture's exact log p at t = 1 (the "
+        "dopri5 row at tol 1e-8 is the floor: on VP the prior N(0, sigma(0)^2 I) is not exactly "
+        "the t = 0 marginal); trained model against its own dopri5 log p (tol 1e-10). The few-step "
+        "samplers integrate the state only, so they have no likelihood.",
+        "",
+        "| field | solver | steps | NFE | max err | mean err |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rows in [*((k, v["likelihood"]) for k, v in few.items()),
+                        ("trained", trained["likelihood"])]:  # fmt: skip
+        lines += [
+            f"| {label} | {r['solver']} | {r['steps'] if r['steps'] else 'tol 1e-8'} | "
+            f"{r['nfe']} | {r['max_err']:.2e} | {r['mean_err']:.2e} |"
+            for r in rows
         ]
     return "\n".join(lines) + "\n"
 
@@ -450,12 +580,14 @@ def fewstep(args, n, keys, mixture):
     """Studies 4-5 (linear and VP paths): writes solver_accuracy_fewstep.{json,md,png}."""
     _, k_noise, k_sde = keys
     if args.quick:  # one point per sampler: exercises every code path
-        nfe_targets, sparse, generic_steps = [6], [], [1, 1000]
-        generic, n_dist, dist_nfe = ["euler", "rk4"], 2000, [6]
+        nfe_targets, sparse, generic_steps = [6], [], [1000]
+        generic, n_dist, dist_nfe = ["euler"], 2000, [6]
+        lik_steps, lik_solvers = [4], ["euler"]
     else:
         nfe_targets = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100, 1000]
         sparse, generic_steps = [10, 20], [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
         generic, n_dist, dist_nfe = FIXED_SOLVERS, 100_000, [10]
+        lik_steps, lik_solvers = [2, 4, 8, 16, 32, 64, 128, 256, 1000], ["euler", "midpoint", "rk4"]
     name = "solver_accuracy_fewstep_quick" if args.quick else "solver_accuracy_fewstep"
     start = time.perf_counter()
     few = {}
@@ -469,26 +601,37 @@ def fewstep(args, n, keys, mixture):
         dist, dist_floor = distribution_study(
             mixture, path_name, jr.fold_in(k_sde, 100 + i), n_dist, dist_nfe, not args.quick
         )
+        path = paths.get_path(path_name)
+        x_lik = mixture.sample(jr.fold_in(k_sde, 200 + i), max(64, n // 4))
+        lik = likelihood_vs_nfe(groundtruth.velocity_field(mixture, path), x_lik,
+                                mixture.log_prob(x_lik), lik_steps, lik_solvers)  # fmt: skip
         few[path_name] = dict(
             trajectory=traj, euler1000=target, headline=best, distribution=dist,
-            dist_floor=dist_floor, n_dist=n_dist,
+            dist_floor=dist_floor, n_dist=n_dist, likelihood=lik,
         )  # fmt: skip
         print(f"few-step, {path_name}: {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    trained = trained_study(
+        mixture, jr.fold_in(k_sde, 300), args.quick, n,
+        [6] if args.quick else [4, 6, 8, 10, 15, 20, 30, 50, 100],
+    )  # fmt: skip
+    print(f"few-step, trained model: {time.perf_counter() - t:.0f} s", flush=True)
     seconds = time.perf_counter() - start
     (args.out / f"{name}.json").write_text(
         json.dumps(
-            dict(n=n, n_dist=n_dist, fewstep=few, seconds=seconds, machine=platform.machine()),
+            dict(n=n, n_dist=n_dist, fewstep=few, trained=trained, seconds=seconds,
+                 machine=platform.machine()),
             indent=1,
         )
-    )
+    )  # fmt: skip
     head = (
         "# Few-step samplers: NFE against accuracy (exact Gaussian-mixture field, float64)\n\n"
         f"{seconds:.0f} s on {platform.machine()} with {jax.device_count()} CPU device(s), "
         "on a machine shared with other jobs (times are not benchmarks).\n"
     )
-    text = head + fewstep_summary(few, n, n_dist)
+    text = head + fewstep_summary(few, n, n_dist) + trained_summary(trained, few)
     (args.out / f"{name}.md").write_text(text)
-    plot_fewstep(few, args.out / f"{name}.png")
+    plot_fewstep(few, trained, args.out / f"{name}.png")
     print(text)
 
 

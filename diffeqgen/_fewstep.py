@@ -270,7 +270,8 @@ def time_grid(
     ``"uniform"`` and ``"quadratic"`` are spaced in t; ``"logsnr"`` uniformly in
     lambda = log(alpha / sigma) and ``"karras"`` in rho^(1/7), rho = sigma / alpha, between the
     values at ``path.clip(t0)`` and ``path.clip(t1)`` (finite even where alpha(0) = 0 or
-    sigma(1) = 0); the end points are then ``t0`` and ``t1`` exactly.
+    sigma(1) = 0); the end points are then ``t0`` and ``t1`` exactly (the final step into
+    sigma = 0 starts at the grid's second-to-last level).
 
     Args:
         path: the Gaussian path.
@@ -437,10 +438,14 @@ def _multistep_table(sampler, path, ts, first_deg, last_deg):
     q0 = jnp.where(o2, big_b + ab * (rho0 / rk + rho1), big_b + 0.5 * ab)
     q1 = jnp.where(o2, -ab * rho0 / rk, zero)
     qt = jnp.where(o2, -ab * rho1, -0.5 * ab)
-    # no corrector on endpoint steps (lambda = +-inf)
-    q0 = jnp.where(regular, q0, p0)
-    q1 = jnp.where(regular, q1, p1)
-    qt = jnp.where(regular, qt, zero)
+    # no corrector on a step into the data (lambda_t = +inf; never corrected: it is the last).
+    # Out of pure noise (lambda_s = -inf) the order-1 corrector has the finite limit
+    # x_t = (sigma_t / sigma_s) x_s + alpha_t (D_s + D_t) / 2, the trapezoidal rule in
+    # u = e^lambda for d(x / sigma) / du = D: second order at no extra evaluation.
+    from_noise = ~jnp.isfinite(lam[:-1]) & jnp.isfinite(lam[1:])
+    q0 = jnp.where(regular, q0, jnp.where(from_noise, 0.5 * a_t, p0))
+    q1 = jnp.where(regular, q1, jnp.where(from_noise, zero, p1))
+    qt = jnp.where(regular, qt, jnp.where(from_noise, 0.5 * a_t, zero))
     return dict(A=ratio, C=jnp.stack([p0, p1], -1), Q=jnp.stack([q0, q1], -1), qt=qt, orders=orders)
 
 

@@ -61,6 +61,16 @@ def test_solver_accuracy_quick(tmp_path):
         assert {r["solver"] for r in rows if r["kind"] == "fewstep"} == set(FEWSTEP_SAMPLERS)
         assert all(math.isfinite(r["rms_err"]) and r["nfe"] >= 1 for r in rows)
         assert all(math.isfinite(r["moment_err"]) for r in res["distribution"])
+        # log p error of fixed-step cnf.log_prob against the exact log p: finite, and Euler-4
+        # is well above the tolerance-1e-8 floor (the error is a solver error)
+        lik = {r["solver"]: r for r in res["likelihood"]}
+        assert lik["euler"]["nfe"] == 4 and lik["euler"]["max_err"] > 2 * lik["dopri5"]["max_err"]
+    trained = json.loads((tmp_path / "solver_accuracy_fewstep_quick.json").read_text())["trained"]
+    assert trained["euler1000"] > 0 and trained["headline"]["euler"] == 1000
+    assert {r["solver"] for r in trained["trajectory"] if r["kind"] == "fewstep"} == set(
+        FEWSTEP_SAMPLERS
+    )
+    assert all(math.isfinite(r["rms_err"]) for r in trained["trajectory"])
 
 
 @pytest.mark.slow
