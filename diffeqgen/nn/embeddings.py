@@ -95,3 +95,23 @@ class FourierEmbedding(eqx.Module):
         t = _as_time(t)
         angles = 2 * jnp.pi * t * jax.lax.stop_gradient(self.frequencies)
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+
+
+def class_label(args, num_classes: int, model: str) -> Array:
+    """``args`` checked as one class label of a class-conditional ``model`` (MLP or UNet).
+
+    A 0-d integer in ``0..num_classes``, ``num_classes`` being the null class of classifier-free
+    guidance; a clear error if it is None or not a 0-d integer.
+    """
+    if args is None:
+        raise ValueError(
+            f"this {model} is class-conditional (num_classes={num_classes}): pass the "
+            f"integer label (0..{num_classes}, {num_classes} = null) as args"
+        )
+    label = jnp.asarray(args)
+    if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
+        raise ValueError(
+            f"args must be one integer class label (0-d int), got shape "
+            f"{tuple(label.shape)} and dtype {label.dtype}"
+        )
+    return label

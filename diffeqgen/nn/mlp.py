@@ -10,7 +10,7 @@ import jax.random as jr
 
 from .._checks import check_choice, check_int
 from .._types import Array, Float, PRNGKeyArray, RealScalarLike
-from .embeddings import FourierEmbedding, SinusoidalEmbedding
+from .embeddings import FourierEmbedding, SinusoidalEmbedding, class_label
 
 __all__ = ["ACTIVATIONS", "EMBEDDINGS", "MLP", "EnergyMLP", "TimeConcat", "time_concat"]
 
@@ -138,17 +138,7 @@ class MLP(eqx.Module):
 
     def _condition(self, args, dtype) -> list[Array]:
         if self.num_classes is not None:
-            if args is None:
-                raise ValueError(
-                    f"this MLP is class-conditional (num_classes={self.num_classes}): pass the "
-                    f"integer label (0..{self.num_classes}, {self.num_classes} = null) as args"
-                )
-            label = jnp.asarray(args)
-            if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
-                raise ValueError(
-                    f"args must be one integer class label (0-d int), got shape "
-                    f"{tuple(label.shape)} and dtype {label.dtype}"
-                )
+            label = class_label(args, self.num_classes, "MLP")
             return [self.label_embed(label).astype(dtype)]
         if self.cond_size is not None:
             if args is None:

@@ -11,7 +11,7 @@ import jax.random as jr
 
 from .._checks import check_int
 from .._types import Array, Float, PRNGKeyArray, RealScalarLike
-from .embeddings import SinusoidalEmbedding
+from .embeddings import SinusoidalEmbedding, class_label
 
 __all__ = ["UNet"]
 
@@ -160,17 +160,7 @@ class UNet(eqx.Module):
         emb = self.embed_mlp[1](jax.nn.silu(self.embed_mlp[0](emb)))
         if self.num_classes is None:
             return emb
-        if args is None:
-            raise ValueError(
-                f"this UNet is class-conditional (num_classes={self.num_classes}): pass the "
-                f"integer label (0..{self.num_classes}, {self.num_classes} = null) as args"
-            )
-        label = jnp.asarray(args)
-        if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
-            raise ValueError(
-                f"args must be one integer class label (0-d int), got shape "
-                f"{tuple(label.shape)} and dtype {label.dtype}"
-            )
+        label = class_label(args, self.num_classes, "UNet")
         return emb + self.label_embed(label).astype(dtype)
 
     def __call__(
