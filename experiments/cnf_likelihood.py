@@ -474,7 +474,8 @@ def write_summary(m: dict, out: Path) -> str:
         "",
         f"Command: `{m['command']}`; wall time {m['wall_seconds']:.0f} s. Every likelihood is",
         f"`diffeqgen.cnf.log_prob` ({e['solver']}, rtol {e['rtol']:g}, atol {e['atol']:g}, "
-        "per-sample error control, exact trace unless stated).",
+        f"the default batched RMS error control over chunks of {m['config']['chunk']} points, "
+        "exact trace unless stated).",
         "",
         "## Headlines",
         *headlines(m),
