@@ -1,5 +1,6 @@
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,3 +116,25 @@ def is_finite_number(x) -> bool:
     import math
 
     return isinstance(x, int | float) and math.isfinite(x)
+
+
+# ----------------------------------------------- small vector fields with closed-form flows
+
+
+class Linear(eqx.Module):
+    """dz/dt = B z: maps N(0, I) at t = 0 to N(0, M M^T), M = expm(B), at t = 1."""
+
+    b: jax.Array
+
+    def __call__(self, t, z, args=None):
+        return self.b @ z
+
+
+class TanhField(eqx.Module):
+    """A smooth nonlinear time-dependent field f(t, z) = tanh(W z + b t)."""
+
+    w: jax.Array
+    b: jax.Array
+
+    def __call__(self, t, z, args=None):
+        return jnp.tanh(self.w @ z + self.b * t)

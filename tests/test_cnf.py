@@ -11,25 +11,9 @@ import jax.random as jr
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import Linear, TanhField
 
 from diffeqgen import cnf, data, groundtruth, paths
-
-
-class Linear(eqx.Module):
-    b: jax.Array
-
-    def __call__(self, t, z, args=None):
-        return self.b @ z
-
-
-class TanhField(eqx.Module):
-    """A smooth nonlinear time-dependent field f(t, z) = tanh(W z + b t)."""
-
-    w: jax.Array
-    b: jax.Array
-
-    def __call__(self, t, z, args=None):
-        return jnp.tanh(self.w @ z + self.b * t)
 
 
 def gaussian_log_prob(x, mean, cov):

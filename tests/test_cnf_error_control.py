@@ -9,24 +9,10 @@ import jax.random as jr
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import Linear, TanhField
 
 from diffeqgen import cnf
 from diffeqgen._cnf_core import _max_sample_norm
-
-
-class Linear(eqx.Module):
-    b: jax.Array
-
-    def __call__(self, t, z, args=None):
-        return self.b @ z
-
-
-class TanhField(eqx.Module):
-    w: jax.Array
-    b: jax.Array
-
-    def __call__(self, t, z, args=None):
-        return jnp.tanh(self.w @ z + self.b * t)
 
 
 @pytest.mark.parametrize("error_control", cnf.ERROR_CONTROLS)
