@@ -139,7 +139,9 @@ def test_nfe_counts_match_vector_field_calls(key):
 
     x = jnp.array([[0.1, -0.2], [2.5, 1.0], [-3.0, 2.0], [0.0, 0.4], [1.0, -2.0]])
     per_sample = dict(error_control="per_sample")
-    for kw in [per_sample, dict(rtol=1e-8, atol=1e-8, **per_sample), dict(solver="rk4", steps=3)]:
+    every_control = [dict(rtol=1e-7, atol=1e-7, error_control=e) for e in cnf.ERROR_CONTROLS]
+    fixed = dict(solver="rk4", steps=3)
+    for kw in [per_sample, dict(rtol=1e-8, atol=1e-8, **per_sample), fixed, *every_control]:
         calls[0] = 0
         lp, nfe = cnf.log_prob(field, x, **kw)
         jax.block_until_ready(lp)
