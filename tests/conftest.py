@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import tempfile
@@ -62,6 +63,23 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture
 def key():
     return jr.key(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free every compiled XLA program after each test module.
+
+    Each program XLA's CPU backend keeps alive holds its own memory mappings (code, constants,
+    data: about a dozen for a small scanned MLP). A worker that runs half the suite keeps tens
+    of thousands of programs unless they are freed, and when the process reaches the kernel's
+    ``vm.max_map_count`` (65530 by default) the next compilation's ``mmap`` fails and XLA
+    crashes with a segmentation fault (seen in CI, always late in a worker's life). Clearing
+    JAX's caches between modules keeps a worker near its starting count; the session's
+    persistent compilation cache (above) makes the recompilations cheap.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
