@@ -522,12 +522,13 @@ def sample_in_chunks(sampler, n, shape, key, offset=100):
     return np.concatenate(chunks)[:n]
 
 
-def digits_bits_per_dim(field, x_test, n, n_exact, key):
+def digits_bits_per_dim(field, x_test, n, n_exact, key, steps=None):
     """Bits/dim of dequantised test digits: Hutchinson on ``n``, exact trace on ``n_exact``.
 
     The digits take the levels v / 8 - 1 (v = 0..16); each is dequantised uniformly within its
-    bin of width 1/8 and scored by ``cnf.log_prob`` (dopri5, rtol = atol = 1e-4) of the flow
-    ``field``, then ``cnf.bits_per_dim`` with 17 levels.
+    bin of width 1/8 and scored by ``cnf.log_prob`` of the flow ``field`` (adaptive dopri5,
+    rtol = atol = 1e-4; with ``steps``, that many Heun steps, which compiles in about half the
+    time), then ``cnf.bits_per_dim`` with 17 levels.
     """
     k_u, k_h, _ = jr.split(key, 3)
     n = min(n, len(x_test))
@@ -538,7 +539,7 @@ def digits_bits_per_dim(field, x_test, n, n_exact, key):
     def bpd(lp):
         return np.asarray(cnf.bits_per_dim(lp, dim, num_levels=17, scale=17 / 8))
 
-    kw = dict(rtol=1e-4, atol=1e-4)
+    kw = dict(rtol=1e-4, atol=1e-4) if steps is None else dict(solver="heun", steps=steps)
     lp_h, nfe_h = cnf.log_prob(field, x, trace="hutchinson", key=k_h, **kw)
     lp_e, nfe_e = cnf.log_prob(field, x[:n_exact], trace="exact", **kw)
     b_h, b_e = bpd(lp_h), bpd(lp_e)
