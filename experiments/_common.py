@@ -369,3 +369,276 @@ def run_interruptible(main):
             file=sys.stderr,
         )
         sys.exit(130)
+
+
+# --- images (image_unet): data flags, FD to the test set, sampler runs, grids, bits/dim ----------
+
+import equinox as eqx  # noqa: E402
+
+from diffeqgen import cnf, data, images, paths, solve  # noqa: E402
+
+
+def log_since(t_start, msg, width=5):
+    """Print ``msg`` after the seconds elapsed since ``t_start`` (``time.perf_counter``)."""
+    print(f"[{time.perf_counter() - t_start:{width}.0f} s] {msg}", flush=True)
+
+
+def add_image_data(p):
+    """Add ``--data`` (MNIST as IDX or Keras-style .npz) and ``--labels`` (IDX labels)."""
+    p.add_argument(
+        "--data",
+        type=pathlib.Path,
+        default=None,
+        help="MNIST: an IDX image file (with --labels) or a Keras-style .npz; default the 8x8 "
+        "scikit-learn digits",
+    )
+    p.add_argument("--labels", type=pathlib.Path, default=None, help="IDX label file for --data")
+
+
+def check_image_data(p, args):
+    """Fail in argparse (``p.error``) on ``--labels`` without ``--data`` or a missing file."""
+    if args.labels is not None and args.data is None:
+        p.error("--labels needs --data (the IDX image file it labels)")
+    for name in ("data", "labels"):
+        f = getattr(args, name)
+        if f is not None and not f.is_file():
+            p.error(f"--{name}: no such file {str(f)!r}")
+
+
+def load_images(path=None, labels=None):
+    """``(x_train, y_train, x_test, y_test, name)``: digits, or MNIST split with a fixed seed.
+
+    ``path`` None gives ``data.digits``; otherwise MNIST through ``data.load_mnist`` (IDX
+    images with the IDX ``labels`` file, or an .npz). Without a test split in the file a fixed
+    random sixth of the images (seed 0) is held out as the test set.
+    """
+    if path is None:
+        return (*data.digits("train"), *data.digits("test"), "sklearn 8x8 digits")
+    if path.suffix == ".npz":
+        x, y = data.load_mnist(path, split="train")
+        try:
+            xt, yt = data.load_mnist(path, split="test")
+        except ValueError:
+            xt = yt = None
+    else:
+        x, y = data.load_mnist(path, labels)
+        xt = yt = None
+    if y is None:
+        raise SystemExit("error: --data needs labels (--labels for IDX, y_train in an .npz)")
+    if xt is None or yt is None:  # hold out a fixed-seed random sixth as the test set
+        order = np.random.default_rng(0).permutation(len(x))
+        cut = len(x) // 6
+        x, y, xt, yt = x[order[cut:]], y[order[cut:]], x[order[:cut]], y[order[:cut]]
+    return x, y, xt, yt, f"MNIST ({path.name})"
+
+
+class FDScorer:
+    """FD to a reference half of the test set, beside the floor, over random halvings.
+
+    Repeat r splits the test images into disjoint halves A_r, B_r of size m (at most
+    ``max_ref``); the floor is FD(A_r, B_r) and a generated set's score FD(G_r, B_r) with G_r m
+    of its images (a random subset), averaged over the repeats. Features are the classifier's
+    (``images.features``); FD is ``metrics.frechet_distance``.
+    """
+
+    def __init__(self, classifier, x_test, reps, max_ref, seed):
+        self.classifier = classifier
+        self.feats = images.features(classifier, x_test)
+        self.m = min(len(x_test) // 2, max_ref)
+        rng = np.random.default_rng(seed)
+        self.splits = [rng.permutation(len(x_test)) for _ in range(reps)]
+        self.rng = np.random.default_rng(seed + 1)
+        floors = [
+            metrics.frechet_distance(self.feats[s[: self.m]], self.feats[s[self.m : 2 * self.m]])
+            for s in self.splits
+        ]
+        self.floor, self.floor_sd = float(np.mean(floors)), float(np.std(floors))
+
+    def __call__(self, x):
+        """Mean FD of generated images ``x`` (at least m of them) to the reference halves."""
+        f = images.features(self.classifier, np.asarray(x))
+        if len(f) < self.m:
+            raise ValueError(f"need at least {self.m} generated images to score, got {len(f)}")
+        fds = []
+        for s in self.splits:
+            g = f[self.rng.permutation(len(f))[: self.m]]
+            fds.append(metrics.frechet_distance(g, self.feats[s[self.m : 2 * self.m]]))
+        return float(np.mean(fds))
+
+
+class LinearScale(eqx.Module):
+    """sigma_t = a (1 - t): vanishes at the data end, where the score grows like 1 / sigma(t)."""
+
+    a: jax.Array
+
+    def __call__(self, t):
+        """sigma_t at scalar t."""
+        return self.a * (1.0 - t)
+
+
+def class_histogram(classifier, x, num_classes):
+    """Class histogram of images under the classifier: fractions, entropy, smallest share."""
+    h = images.class_histogram(images.predict(classifier, np.asarray(x)), num_classes)
+    return dict(
+        fractions=[float(v) for v in h],
+        entropy=images.histogram_entropy(h),
+        min_share=float(h.min() * num_classes),
+    )
+
+
+def training_row(res):
+    """Seconds, compile seconds, steps/s and the mean loss of the last 100 steps of a fit."""
+    return dict(
+        seconds=res.wall_seconds,
+        compile_seconds=res.compile_seconds,
+        steps_per_second=res.steps_per_second,
+        final_loss=float(np.mean(res.history["loss"][-100:])),
+    )
+
+
+def run_samplers(samplers, x0, key, score, t_start, label=""):
+    """Run each sampler ``(x0, key) -> Solution``: rows ``(solver, nfe, fd)`` and the samples.
+
+    ``score`` maps samples to their FD (an :class:`FDScorer`); each row is logged.
+    """
+    rows, samples = [], {}
+    for name, fn in samplers.items():
+        sol = fn(x0, key)
+        samples[name] = np.asarray(sol.x)
+        rows.append(dict(solver=name, nfe=int(sol.nfe), fd=score(sol.x)))
+        log_since(t_start, f"{label} {name}: NFE {rows[-1]['nfe']}, FD {rows[-1]['fd']:.2f}")
+    return rows, samples
+
+
+def sample_in_chunks(sampler, n, shape, key, offset=100):
+    """``n`` samples of ``sampler(x0, key)`` in chunks of ``shape`` noise (no new compilation).
+
+    Chunk ``i`` uses the key ``jr.fold_in(key, offset + i)`` for its noise and the sampler.
+    """
+    chunks = []
+    for i in range(-(-n // shape[0])):
+        k_i = jr.fold_in(key, offset + i)
+        chunks.append(np.asarray(sampler(jr.normal(k_i, shape), k_i).x))
+    return np.concatenate(chunks)[:n]
+
+
+def digits_bits_per_dim(field, x_test, n, n_exact, key, steps=None):
+    """Bits/dim of dequantised test digits: Hutchinson on ``n``, exact trace on ``n_exact``.
+
+    The digits take the levels v / 8 - 1 (v = 0..16); each is dequantised uniformly within its
+    bin of width 1/8 and scored by ``cnf.log_prob`` of the flow ``field`` (adaptive dopri5,
+    rtol = atol = 1e-4; with ``steps``, that many Heun steps, which compiles in about half the
+    time), then ``cnf.bits_per_dim`` with 17 levels.
+    """
+    k_u, k_h, _ = jr.split(key, 3)
+    n = min(n, len(x_test))
+    x = jnp.asarray(x_test[:n])
+    x = x + (jr.uniform(k_u, x.shape) - 0.5) / 8.0
+    dim = int(np.prod(x.shape[1:]))
+
+    def bpd(lp):
+        return np.asarray(cnf.bits_per_dim(lp, dim, num_levels=17, scale=17 / 8))
+
+    kw = dict(rtol=1e-4, atol=1e-4) if steps is None else dict(solver="heun", steps=steps)
+    lp_h, nfe_h = cnf.log_prob(field, x, trace="hutchinson", key=k_h, **kw)
+    lp_e, nfe_e = cnf.log_prob(field, x[:n_exact], trace="exact", **kw)
+    b_h, b_e = bpd(lp_h), bpd(lp_e)
+    return dict(
+        n=n,
+        hutchinson=float(b_h.mean()),
+        hutchinson_se=float(b_h.std() / np.sqrt(n)),
+        hutchinson_nfe=float(nfe_h),
+        n_exact=n_exact,
+        exact_few=[float(v) for v in b_e],
+        hutchinson_few=[float(v) for v in b_h[:n_exact]],
+        exact_nfe=float(nfe_e),
+    )
+
+
+def corruption_figure(x, key, out, path_names=("linear", "cosine"), ts=(0.0, 0.25, 0.5, 0.75, 1.0)):
+    """The same images ``x`` (n, 1, h, w) on each path (rows) at the times ``ts`` (columns)."""
+    eps = np.asarray(jr.normal(key, x.shape))
+    fig, axes = plt.subplots(
+        len(path_names) * len(x), len(ts), figsize=(1.3 * len(ts), 1.3 * len(path_names) * len(x))
+    )
+    for p, name in enumerate(path_names):
+        path = paths.get_path(name)
+        for i in range(len(x)):
+            for j, t in enumerate(ts):
+                a, s = float(path.alpha(t)), float(path.sigma(t))
+                ax = axes[p * len(x) + i, j]
+                ax.imshow((a * x[i] + s * eps[i])[0], cmap="gray_r", vmin=-1.5, vmax=1.5)
+                ax.set(xticks=[], yticks=[])
+                if i == 0:
+                    ax.set_title(f"{name}, t = {t:g}", fontsize=7)
+    save(fig, out, dpi=90)
+
+
+def tile(x, rows, cols):
+    """Images (n, 1, h, w) -> one (rows * h, cols * w) mosaic with 1-pixel gaps (NaN)."""
+    x = np.asarray(x)[: rows * cols, 0]
+    h, w = x.shape[1:]
+    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for k, img in enumerate(x):
+        r, c = divmod(k, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
+    return canvas
+
+
+def grids_figure(sets, out, rows=8, cols=8):
+    """One panel per ``title -> images`` of ``sets``: a ``rows x cols`` mosaic in [-1, 1]."""
+    fig, axes = plt.subplots(1, len(sets), figsize=(2.4 * len(sets), 2.7), squeeze=False)
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+    for ax, (title, x) in zip(axes[0], sets.items(), strict=True):
+        ax.imshow(tile(x, rows, cols), cmap=cmap, vmin=-1, vmax=1)
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(title, fontsize=7)
+    save(fig, out, dpi=110)
+
+
+def flow_ode_samplers(field, euler_steps, prefix=""):
+    """Flow-ODE samplers ``(x0, key) -> Solution``: Euler with each step count, adaptive Tsit5.
+
+    Keys ``prefix + "euler <n>"`` and ``prefix + "tsit5 (rtol = atol = 1e-3)"``; ``key`` is
+    unused (ODEs).
+    """
+    out = {
+        f"{prefix}euler {n}": lambda x0, key, n=n: solve.sample_ode(
+            field, x0, solver="euler", steps=n
+        )
+        for n in euler_steps
+    }
+    out[f"{prefix}tsit5 (rtol = atol = 1e-3)"] = lambda x0, key: solve.sample_ode(
+        field, x0, rtol=1e-3, atol=1e-3
+    )
+    return out
+
+
+def image_curves_figure(m, out):
+    """FD against the SDE scale a, FD against NFE per path, accuracy and FD against w.
+
+    ``m`` is the image study's metrics dict (``fd_floor``, ``sde``, ``schedules``,
+    ``conditional.guidance``).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    floor = m["fd_floor"]
+    sde = m["sde"]
+    axes[0].plot([r["a"] for r in sde], [r["fd"] for r in sde], "o-", label="flow + score SDE")
+    axes[0].axhline(floor, color="k", ls=":", lw=1, label="floor")
+    axes[0].axhline(2 * floor, color="0.5", ls="--", lw=1, label="2 x floor")
+    axes[0].set(xlabel="a in sigma_t = a (1 - t)", ylabel="FD to test digits")
+    axes[0].legend(fontsize=7)
+    for name, rows in m["schedules"].items():
+        axes[1].plot([r["nfe"] for r in rows], [r["fd"] for r in rows], "o-", label=name)
+    axes[1].axhline(floor, color="k", ls=":", lw=1, label="floor")
+    axes[1].set(xscale="log", xlabel="NFE (Euler steps; last: adaptive Tsit5)", ylabel="FD")
+    axes[1].legend(fontsize=7)
+    g = m["conditional"]["guidance"]
+    ws = [r["w"] for r in g]
+    axes[2].plot(ws, [100 * r["accuracy"] for r in g], "o-", color="C0")
+    axes[2].set(xlabel="guidance weight w", ylabel="classified as its class (%, blue)")
+    fd_ax = axes[2].twinx()
+    fd_ax.plot(ws, [r["fd"] for r in g], "s--", color="C3")
+    fd_ax.axhline(floor, color="k", ls=":", lw=1)
+    fd_ax.set_ylabel("FD (red)", color="C3")
+    save(fig, out, dpi=110)
