@@ -267,29 +267,25 @@ def train_all(args, key) -> dict:
 def density_figures(runs, cfg, ev, out: Path) -> None:
     """``ml_cnf.png`` (curves, test data, samples, model and true density) and ``fm_vs_cnf.png``."""
     lim, names = 4.0, list(runs)
+    dots = dict(lim=lim, s=4, alpha=0.4)
     pts, _ = _common.cells(lim, cfg["grid"])
     fig, axes = plt.subplots(len(names), 5, figsize=(14, 2.9 * len(names)), squeeze=False)
     fig2, axes2 = plt.subplots(len(names), 3, figsize=(8.4, 2.9 * len(names)), squeeze=False)
     for r, ds in enumerate(names):
         ml, fm = runs[ds]["ml"], runs[ds]["fm"]
         s, h, ax = ml["metrics"], ml["result"].history, axes[r, 0]
+        window = max(1, min(50, len(h["loss"]) // 10))
         smooth = plotting.loss_curve(
-            ax,
-            h,
-            label=f"NLL (rk4-{ML_STEPS})",
-            window=max(1, min(50, len(h["loss"]) // 10)),
-            val_label=f"validation NLL (rk4-{ML_STEPS}, EMA)",
-            val_fmt="o-",
-        )
+            ax, h, label=f"NLL (rk4-{ML_STEPS})", window=window,
+            val_label=f"validation NLL (rk4-{ML_STEPS}, EMA)", val_fmt="o-",
+        )  # fmt: skip
         if s["entropy"] is not None:
             ax.axhline(s["entropy"], color="k", ls="--", lw=1, label="true entropy")
         ax.set_ylim(top=min(ax.get_ylim()[1], smooth[0] + 0.5) if len(smooth) else None)
         ax.set_title(f"{ds}: ML fine-tuning NLL (nats)", fontsize=9)
         ax.legend(fontsize=7)
-        plotting.scatter(axes[r, 1], ml["test"], lim=lim, s=4, alpha=0.4, title="test data")
-        plotting.scatter(
-            axes[r, 2], ml["samples"], lim=lim, s=4, alpha=0.4, color="C1", title="CNF samples"
-        )
+        plotting.scatter(axes[r, 1], ml["test"], title="test data", **dots)
+        plotting.scatter(axes[r, 2], ml["samples"], color="C1", title="CNF samples", **dots)
         gap = "" if s["gap"] is None else f", gap {s['gap']:+.3f}"
         ml_lp, _ = log_prob(ml["field"], pts, cfg, **ev)
         heat(axes[r, 3], np.exp(ml_lp), lim, f"CNF density (NLL {s['test_nll']:.3f}{gap})")
@@ -302,9 +298,7 @@ def density_figures(runs, cfg, ev, out: Path) -> None:
         fm_lp, _ = log_prob(fm["field"], pts, cfg, **ev)
         fm_nll = fm["metrics"]["test_nll"]
         heat(axes2[r, 1], np.exp(fm_lp), lim, f"flow matching (NLL {fm_nll:.3f})")
-        plotting.scatter(
-            axes2[r, 2], fm["samples"], lim=lim, s=4, alpha=0.4, color="C2", title="FM samples"
-        )
+        plotting.scatter(axes2[r, 2], fm["samples"], color="C2", title="FM samples", **dots)
     _common.save(fig, out / "ml_cnf.png")
     _common.save(fig2, out / "fm_vs_cnf.png")
 
@@ -317,11 +311,9 @@ def solver_study(model, x, cfg, ev, key, out: Path) -> dict:
     # Hutchinson against the exact trace at the evaluation settings (same solver and tolerances).
     xh = np.asarray(x[: cfg["n_hutch"]])
     exact, _ = cnf.log_prob_chunked(model, xh, chunk_size=cfg["chunk"], **ev)
+    kw = dict(repeats=cfg["hutch_reps"], exact=exact, **ev)
     hutch = [
-        cnf.hutchinson_error(
-            model, xh, k, key=jr.fold_in(key, k), repeats=cfg["hutch_reps"], exact=exact, **ev
-        )
-        for k in cfg["probes"]
+        cnf.hutchinson_error(model, xh, k, key=jr.fold_in(key, k), **kw) for k in cfg["probes"]
     ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plotting.error_vs_nfe(axes[0], rows)
