@@ -15,6 +15,7 @@ __all__ = [
     "trajectories",
     "loss_curve",
     "error_vs_nfe",
+    "hutchinson",
     "running_mean",
     "ema",
 ]
@@ -270,3 +271,33 @@ def error_vs_nfe(ax, rows, *, metric: str = "mean_abs_error"):
                     ms=3,
                     label=f"{solver} ({what})",
                 )
+
+
+def hutchinson(ax, rows):
+    """Std and |bias| of Hutchinson log-likelihoods against the number of probes, log-log.
+
+    ``rows`` are dicts with ``num_probes``, ``std``, ``bias`` and ``bias_se`` (``None`` for one
+    point), one per probe count, as ``diffeqgen.cnf.hutchinson_error`` returns. Draws the std per
+    point, |bias| with +- 2 standard-error bars, and a 1/sqrt(probes) line through the first
+    std (the rate of an unbiased estimate). Title and legend are the caller's.
+    """
+    need = {"num_probes", "std", "bias", "bias_se"}
+    bad = [r for r in rows if not isinstance(r, dict) or not need <= set(r)]
+    if not rows or bad:
+        raise ValueError(
+            f"rows must be a non-empty list of dicts with keys {sorted(need)} (as "
+            f"cnf.hutchinson_error returns), got {(bad or [rows])[0]!r}"
+        )
+    probes, stds = [r["num_probes"] for r in rows], [r["std"] for r in rows]
+    ax.loglog(probes, stds, "o-", label="std of log p estimate")
+    ax.errorbar(
+        probes,
+        [abs(r["bias"]) for r in rows],
+        yerr=[2 * (r["bias_se"] or 0.0) for r in rows],
+        fmt="s--",
+        capsize=3,
+        label="|bias| +- 2 s.e.",
+    )
+    ax.loglog(probes, [stds[0] / np.sqrt(k) for k in probes], "k:", label="1/sqrt(probes)")
+    ax.set(xscale="log", yscale="log", xlabel="Hutchinson probes (Rademacher)")
+    return ax

@@ -22,8 +22,9 @@ import numpy as np
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import metrics, train  # noqa: E402
+from diffeqgen import metrics, plotting, train  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -122,6 +123,11 @@ def choice(name, allowed):
     return parse
 
 
+def command(argv=None):
+    """The command line of this run, for the report: the script's name and its arguments."""
+    return " ".join([pathlib.Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+
+
 def config(args, settings, **overrides):
     """The study's settings: ``settings`` maps name -> ``(full, quick)``; pick by ``--quick``.
 
@@ -140,6 +146,11 @@ def add_mmd_bandwidth(p, default=0.5):
         default=default,
         help="RBF bandwidth of the MMD, in data units (0 = median heuristic)",
     )
+
+
+def run_name(args, stem):
+    """Checkpoint file name of one run: ``<quick|full>_<stem>_s<seed>.eqx``."""
+    return f"{'quick' if args.quick else 'full'}_{stem}_s{args.seed}.eqx"
 
 
 def fit(args, name, model, loss_fn, data, **kwargs):
@@ -294,6 +305,56 @@ def timed(fn, *args, repeat=False, **kwargs):
     return out, time.perf_counter() - t, first
 
 
+class Stages:
+    """A progress bar over a study's stages that records each stage's wall time.
+
+    ``stage(name, fn, *args)`` runs ``fn(*args)``, stores its seconds in ``timings[name]`` and
+    advances the bar (labelled ``desc``, ``total`` stages); ``stage.close()`` ends the bar.
+    ``timings`` is a dict the caller keeps (a new one if not given).
+    """
+
+    def __init__(self, desc, total, timings=None):
+        self.bar, self.timings = tqdm(total=total, desc=desc), {} if timings is None else timings
+
+    def __call__(self, name, fn, *args):
+        self.bar.set_postfix_str(name)
+        t = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = time.perf_counter() - t
+        self.bar.update()
+        return result
+
+    def close(self):
+        self.bar.close()
+
+
+def known(fn, *args):
+    """``fn(*args)``, or None where it raises ``ValueError``.
+
+    For closed forms that a dataset may lack (``diffeqgen.data.log_prob``, ``data.entropy``).
+    """
+    try:
+        return fn(*args)
+    except ValueError:
+        return None
+
+
+def warm_runs(fn, inputs):
+    """``fn(x)`` for every ``x`` in ``inputs``, after one compiling call on the first.
+
+    Returns:
+        ``(results, seconds)``: the results as NumPy arrays (in order) and the median warm
+        wall time of one call.
+    """
+    jax.block_until_ready(fn(inputs[0]))  # compile
+    results, times = [], []
+    for x in inputs:
+        t = time.perf_counter()
+        results.append(np.asarray(fn(x)))
+        times.append(time.perf_counter() - t)
+    return results, float(np.median(times))
+
+
 # --- reports: Markdown tables, JSON, figures -----------------------------------------------------
 
 
@@ -312,9 +373,17 @@ def table(header, rows, align=None):
     return [f"| {header} |", rule, *(f"| {r} |" for r in rows)]
 
 
+def rows(fmt, items):
+    """Table rows: ``fmt.format(**item)`` for each dict in ``items`` (see :func:`table`)."""
+    return [fmt.format(**item) for item in items]
+
+
 def write_report(out, m, lines):
-    """Write ``metrics.json`` (``m``, indented) and ``summary.md`` (``lines``) into ``out``."""
-    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    """Write ``metrics.json`` (``m``, indented) and ``summary.md`` (``lines``) into ``out``.
+
+    NumPy scalars in ``m`` are written as floats.
+    """
+    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -332,9 +401,31 @@ def grid(lim, n):
     return gx, gy, jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1))
 
 
+def cells(lim, n):
+    """Cell centres of an ``n x n`` grid of cells on ``[-lim, lim]^2``: ``(points, centres)``.
+
+    ``points`` is ``(n^2, 2)`` float32, rows running over x fastest (row = y, col = x, as
+    ``plotting.heatmap`` draws them); ``centres`` the ``n`` 1D centres (float64).
+    """
+    edges = np.linspace(-lim, lim, n + 1)
+    c = 0.5 * (edges[1:] + edges[:-1])
+    gx, gy = np.meshgrid(c, c)
+    return np.stack([gx.ravel(), gy.ravel()], -1).astype(np.float32), c
+
+
 def field_on(fn, t, points):
     """``fn(t, x, None)`` at every row of ``points``, as a NumPy array."""
     return np.asarray(jax.vmap(lambda x: fn(t, x, None))(points))
+
+
+def plot_by(ax, rows, group, x, y, fmt="o-", label="{}"):
+    """One line per value of ``row[group]`` (first-seen order): ``row[y]`` against ``row[x]``.
+
+    Each line's legend label is ``label.format(value)``.
+    """
+    for g in dict.fromkeys(r[group] for r in rows):
+        rs = [r for r in rows if r[group] == g]
+        ax.plot([r[x] for r in rs], [r[y] for r in rs], fmt, label=label.format(g))
 
 
 def plot_quality(curves, floors, file, *, xlabel, w2_label):
@@ -355,6 +446,22 @@ def plot_quality(curves, floors, file, *, xlabel, w2_label):
         ax.set_xlabel(xlabel)
         ax.set_ylabel({"w2": w2_label, "mmd": "MMD^2 (fixed bandwidth)"}[metric])
         ax.legend(fontsize=7)
+    save(fig, file)
+
+
+def plot_losses(histories, file, ylabel, *, yscale="linear", fontsize=7, **curve_kw):
+    """Training curves against the step, one ``plotting.loss_curve`` per named history.
+
+    ``histories`` maps a label to a ``TrainResult.history``; ``curve_kw`` go to every
+    ``loss_curve`` (``window``, ``val_fmt``, ...). Saved to ``file`` by :func:`save`.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, h in histories.items():
+        plotting.loss_curve(ax, h, label=name, **curve_kw)
+    ax.set_yscale(yscale)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=fontsize)
     save(fig, file)
 
 

@@ -35,7 +35,6 @@ import jax.random as jr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from diffeqgen import (  # noqa: E402
     data,
@@ -55,29 +54,17 @@ STUDY = "ebm_langevin"
 DATASETS = ("8gaussians", "pinwheel")
 LIM = 4.5  # plotting box and grid normalisation box [-LIM, LIM]^2 (both sets lie well inside)
 SETTINGS = dict(  # name=(full, --quick)
-    width=(64, 32),
-    depth=(3, 2),
-    steps=(4000, 150),
-    batch=(256, 128),
-    lr=(1e-3, 2e-3),
-    buffer=(8192, 1024),
-    k_train=(20, 10),
-    h_train=(0.01, 0.01),
-    alpha=(0.0, 0.0),
+    width=(64, 32), depth=(3, 2), steps=(4000, 150), batch=(256, 128), lr=(1e-3, 2e-3),  # 1.
+    buffer=(8192, 1024), k_train=(20, 10), h_train=(0.01, 0.01), alpha=(0.0, 0.0),
     alpha_ablation=(0.1, None),  # 8gaussians retrained with this energy regulariser
-    base_std=(2.0, 2.0),
-    n=(2000, 500),
-    mala_steps=(1000, 100),
-    h_mala=(0.05, 0.05),
+    base_std=(2.0, 2.0), n=(2000, 500), mala_steps=(1000, 100), h_mala=(0.05, 0.05),
     floor_repeats=(3, 2),
-    chains=((16, 64, 256, 1024), (16, 64)),
-    k_grad=((5, 20, 80), (5, 20)),
+    chains=((16, 64, 256, 1024), (16, 64)), k_grad=((5, 20, 80), (5, 20)),  # 2.
     grad_repeats=(16, 4),
-    t_perturb=((0.1, 0.3, 0.5, 0.7, 0.9), (0.5,)),
-    deltas=((0.0, 0.5, 1.0, 2.0), (0.0, 1.0)),
+    t_perturb=((0.1, 0.3, 0.5, 0.7, 0.9), (0.5,)), deltas=((0.0, 0.5, 1.0, 2.0), (0.0, 1.0)),  # 3.
     heal_steps=(500, 100),
     heal_train=(6000, 1500),  # training steps of the eps network of section 3
-)
+)  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -103,10 +90,9 @@ def train_ebm(name, cfg, args, key):
     )  # fmt: skip
     opt = ebm.with_replay(train.make_optimizer(cfg["lr"], grad_clip=1.0))
     tag = "" if cfg["alpha"] == SETTINGS["alpha"][0] else f"_alpha{cfg['alpha']:g}"
-    ck = f"{'quick' if args.quick else 'full'}_{name}{tag}_s{args.seed}.eqx"
     return _common.fit(
-        args, ck, model, loss, data.sampler(name), optimizer=opt, key=k_fit,
-        num_steps=cfg["steps"], batch_size=cfg["batch"], steps_per_call=50,
+        args, _common.run_name(args, name + tag), model, loss, data.sampler(name), optimizer=opt,
+        key=k_fit, num_steps=cfg["steps"], batch_size=cfg["batch"], steps_per_call=50,
         checkpoint_every=500,
     )  # fmt: skip
 
@@ -120,12 +106,11 @@ def grid_log_density(energy, n_grid=120):
     return pts, np.asarray(-e - log_z), float(log_z)
 
 
-def study_ebm(name, cfg, args, key, pbar, label=None):
+def study_ebm(name, cfg, args, key, label):
     k_train, k_test, k_floor, k_sample = jr.split(key, 4)
     sampler, n = data.sampler(name), cfg["n"]
     res = train_ebm(name, cfg, args, k_train)
     model = res.ema_model
-    pbar.update()
     x0 = jr.uniform(k_sample, (n, 2), minval=-LIM, maxval=LIM)
     sol, t_sample, _ = _common.timed(
         ebm.mala, model, x0, key=jr.fold_in(k_sample, 1), step_size=cfg["h_mala"],
@@ -139,24 +124,20 @@ def study_ebm(name, cfg, args, key, pbar, label=None):
     pts, log_p, log_z = grid_log_density(model)
     e_test = jax.vmap(lambda y: model.energy(1.0, y))(real)
     row = dict(
-        dataset=label or name, alpha=cfg["alpha"], **scores,
+        dataset=label, alpha=cfg["alpha"], **scores,
         outside=float(np.mean(np.max(np.abs(x), axis=1) > LIM)), floors=floors,
         acceptance=float(np.mean(np.asarray(sol.num_accepted)) / cfg["mala_steps"]),
         test_nll=float(jnp.mean(e_test) + log_z), train_seconds=float(res.wall_seconds),
         sample_seconds=t_sample, nfe=int(sol.nfe),
     )  # fmt: skip
-    try:
+    true_log_p = _common.known(data.log_prob, name, pts)  # None: no closed form (pinwheel)
+    if true_log_p is not None:
         row["true_nll"] = float(-jnp.mean(data.log_prob(name, real)))
-        true_log_p = np.asarray(data.log_prob(name, pts))
-    except ValueError:  # no closed-form density (pinwheel)
-        true_log_p = None
     print(
         f"{row['dataset']}: W2 {row['w2']:.4f} ({row['w2_over_floor']:.2f}x floor "
-        f"{floors['w2']:.4f}), "
-        f"MMD^2 {row['mmd']:.2e} (floor {floors['mmd']:.2e}), MALA acceptance "
+        f"{floors['w2']:.4f}), MMD^2 {row['mmd']:.2e} (floor {floors['mmd']:.2e}), MALA acceptance "
         f"{row['acceptance']:.2f}, test NLL {row['test_nll']:.3f}, outside {row['outside']:.3f}"
     )
-    pbar.update()
     plots = dict(x=x, real=np.asarray(real), log_p=log_p, true_log_p=true_log_p)
     return row, plots, res.history, model
 
@@ -188,30 +169,20 @@ def gradient_cost(model, cfg, key):
             grad = jax.jit(lambda mod, kk, loss=loss: ravel_pytree(jax.grad(
                 lambda mm: loss(mm, kk, batch)[0])(mod))[0])  # fmt: skip
             keys = jr.split(jr.fold_in(key, 1000 * k + m), cfg["grad_repeats"])
-            grad(energy, keys[0]).block_until_ready()  # compile
-            gs, times = [], []
-            for kk in keys:
-                t = time.perf_counter()
-                gs.append(np.asarray(grad(energy, kk)))
-                times.append(time.perf_counter() - t)
-            gs, seconds = np.stack(gs), float(np.median(times))
-            var = float(np.sum(np.var(gs, axis=0, ddof=1)))
+            gs, seconds = _common.warm_runs(partial(grad, energy), keys)
+            var = float(np.sum(np.var(np.stack(gs), axis=0, ddof=1)))
             rows.append(dict(chains=m, steps=k, grad_var=var, seconds=seconds))
     return rows
 
 
 def plot_gradient(rows, out):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for k in sorted({r["steps"] for r in rows}):
-        rs = [r for r in rows if r["steps"] == k]
-        for ax, key in zip(axes, ("grad_var", "seconds"), strict=True):
-            ax.plot([r["chains"] for r in rs], [r[key] for r in rs], "o-", label=f"K = {k}")
+    for ax, key in zip(axes, ("grad_var", "seconds"), strict=True):
+        _common.plot_by(ax, rows, "steps", "chains", key, label="K = {}")
     axes[0].set_ylabel("gradient variance (trace of covariance)")
     axes[1].set_ylabel("wall time per gradient (s, warm, median)")
     for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("number of chains")
+        ax.set(xscale="log", yscale="log", xlabel="number of chains")
         ax.legend(fontsize=7, title="Langevin steps")
     _common.save(fig, out / "mcmc_gradient.png")
 
@@ -221,11 +192,10 @@ def heal_model(cfg, args, key, path):
     """The trained score model of section 3: eps prediction on ``path``, EMA weights."""
     net = nn.MLP(2, 2, width=64, depth=3, activation="silu", key=jr.fold_in(key, 1))
     opt = train.make_optimizer(2e-3, schedule="cosine", num_steps=cfg["heal_train"])
-    ck = f"{'quick' if args.quick else 'full'}_heal_eps_s{args.seed}.eqx"
     res = _common.fit(
-        args, ck, net, partial(losses.eps_loss, path=path), data.sampler("8gaussians"),
-        optimizer=opt, key=jr.fold_in(key, 2), num_steps=cfg["heal_train"], batch_size=256,
-        steps_per_call=min(500, cfg["heal_train"]),
+        args, _common.run_name(args, "heal_eps"), net, partial(losses.eps_loss, path=path),
+        data.sampler("8gaussians"), optimizer=opt, key=jr.fold_in(key, 2),
+        num_steps=cfg["heal_train"], batch_size=256, steps_per_call=min(500, cfg["heal_train"]),
     )  # fmt: skip
     return res.ema_model, res.wall_seconds
 
@@ -268,10 +238,9 @@ def plot_healing(rows, floor, out):
     deltas = sorted({r["delta"] for r in rows})
     fig, axes = plt.subplots(2, len(deltas), figsize=(3.6 * len(deltas), 6.6), squeeze=False)
     for j, d in enumerate(deltas):
-        for s in dict.fromkeys(r["sampler"] for r in rows):
-            rs = [r for r in rows if r["sampler"] == s and r["delta"] == d]
-            for i, key in enumerate(("w2", "xent")):
-                axes[i, j].plot([r["t_perturb"] for r in rs], [r[key] for r in rs], "o-", label=s)
+        for i, key in enumerate(("w2", "xent")):
+            rs = [r for r in rows if r["delta"] == d]
+            _common.plot_by(axes[i, j], rs, "sampler", "t_perturb", key)
         axes[0, j].axhline(floor, color="k", ls=":", lw=1, label="W2 floor")
         axes[1, j].axhline(0.0, color="k", ls=":", lw=1)
         axes[0, j].set_title(f"perturbation std delta = {d:g}", fontsize=9)
@@ -284,7 +253,6 @@ def plot_healing(rows, floor, out):
 
 # ---------------------------------------------------------------------------------- report
 def summary(m, cfg, args):
-    f = _common.opt
     lines = [
         f"# {STUDY}: EBMs by Langevin MCMC, the MCMC gradient, self-healing samplers",
         "",
@@ -308,7 +276,7 @@ def summary(m, cfg, args):
             [
                 f"{r['dataset']} | {r['w2']:.4f} | {r['floors']['w2']:.4f} | "
                 f"{r['w2_over_floor']:.2f} | {r['mmd']:.2e} | {r['floors']['mmd']:.2e} | "
-                f"{r['acceptance']:.2f} | {r['test_nll']:.3f} | {f(r.get('true_nll'))} | "
+                f"{r['acceptance']:.2f} | {r['test_nll']:.3f} | {_common.opt(r.get('true_nll'))} | "
                 f"{r['outside']:.3f} | {r['train_seconds']:.0f}"
                 for r in m["ebm"]
             ],
@@ -337,7 +305,7 @@ def summary(m, cfg, args):
         "",
         *_common.table(
             "chains | Langevin steps | gradient variance | seconds per gradient",
-            [f"{r['chains']} | {r['steps']} | {r['grad_var']:.3e} | {r['seconds']:.4f}" for r in g],
+            _common.rows("{chains} | {steps} | {grad_var:.3e} | {seconds:.4f}", g),
             "rrrr",
         ),
         "",
@@ -361,22 +329,16 @@ def summary(m, cfg, args):
         "",
         *_common.table(
             "sampler | t_p | delta | W2 | cross-entropy excess | NFE",
-            [
-                f"{r['sampler']} | {r['t_perturb']:g} | {r['delta']:g} | {r['w2']:.4f} | "
-                f"{r['xent']:+.3f} | {r['nfe']}"
-                for r in h
-            ],
+            _common.rows(
+                "{sampler} | {t_perturb:g} | {delta:g} | {w2:.4f} | {xent:+.3f} | {nfe}", h
+            ),
             "lrrrrr",
         ),
         "",
     ]
     big = max(r["delta"] for r in h)
     for tp in sorted({r["t_perturb"] for r in h}):
-        w = {r["sampler"].split(" (")[0]: r for r in h
-             if r["delta"] == big and r["t_perturb"] == tp}  # fmt: skip
-        ode, sde, pc = (
-            w[k] for k in ("probability-flow ODE", "reverse SDE", "predictor-corrector")
-        )
+        ode, sde, pc = [r for r in h if r["delta"] == big and r["t_perturb"] == tp]  # ODE, SDE, PC
         healed = "recover" if max(sde["xent"], pc["xent"]) < ode["xent"] else "do not recover"
         lines.append(
             f"- t_p = {tp:g}, delta = {big:g}: W2 ODE {ode['w2']:.3f}, SDE {sde['w2']:.3f}, PC "
@@ -394,47 +356,34 @@ def main(argv=None):
     cfg, out = args.cfg, args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    key = jr.key(args.seed)
-    k_ebm, k_grad, k_heal, k_real = jr.split(key, 4)
-    rows, plots, extra, models, histories = [], {}, {}, {}, {}
-    ablate = cfg["alpha_ablation"] is not None and "8gaussians" in args.datasets
-    n_ebm = len(args.datasets) + ablate
-    with tqdm(total=2 * n_ebm + 2, desc=STUDY) as pbar:
-        for i, name in enumerate(args.datasets):
-            row, plots[name], histories[name], models[name] = study_ebm(
-                name, cfg, args, jr.fold_in(k_ebm, i), pbar
-            )
-            rows.append(row)
-        if ablate:
-            label = f"8gaussians, alpha = {cfg['alpha_ablation']:g}"
-            row, extra[label], histories[label], _ = study_ebm(
-                "8gaussians", cfg | {"alpha": cfg["alpha_ablation"]}, args,
-                jr.fold_in(k_ebm, args.datasets.index("8gaussians")), pbar, label=label,
-            )  # fmt: skip
-            rows.append(row)
-        grad_model = models.get("8gaussians", next(iter(models.values())))
-        grad_rows = gradient_cost(grad_model, cfg, k_grad)
-        pbar.update()
-        real = data.sample("8gaussians", k_real, cfg["n"])
-        heal_floor = _common.floors(
-            data.sampler("8gaussians"), cfg["n"], key=jr.fold_in(k_real, 1), bandwidth=0.5,
-            repeats=cfg["floor_repeats"],
-        )["w2"]  # fmt: skip
-        heal_rows, heal_train_seconds = self_healing(cfg, args, k_heal, real)
-        pbar.update()
-    plot_ebms(plots | extra, out)
+    k_ebm, k_grad, k_heal, k_real = jr.split(jr.key(args.seed), 4)
+    rows, plots, models, histories = [], {}, {}, {}
+    runs = [(name, name, cfg, i) for i, name in enumerate(args.datasets)]  # label, data, cfg, key
+    if cfg["alpha_ablation"] is not None and "8gaussians" in args.datasets:
+        i, ab = args.datasets.index("8gaussians"), {"alpha": cfg["alpha_ablation"]}
+        runs.append((f"8gaussians, alpha = {ab['alpha']:g}", "8gaussians", cfg | ab, i))
+    stage = _common.Stages(STUDY, len(runs) + 2)
+    for label, name, c, i in runs:
+        row, plots[label], histories[label], models[label] = stage(
+            label, study_ebm, name, c, args, jr.fold_in(k_ebm, i), label
+        )
+        rows.append(row)
+    grad_model = models.get("8gaussians", next(iter(models.values())))
+    grad_rows = stage("MCMC gradient", gradient_cost, grad_model, cfg, k_grad)
+    real = data.sample("8gaussians", k_real, cfg["n"])
+    heal_floor = _common.floors(
+        data.sampler("8gaussians"), cfg["n"], key=jr.fold_in(k_real, 1), bandwidth=0.5,
+        repeats=cfg["floor_repeats"],
+    )["w2"]  # fmt: skip
+    heal_rows, heal_train_seconds = stage("self-healing", self_healing, cfg, args, k_heal, real)
+    stage.close()
+    plot_ebms(plots, out)
     plot_gradient(grad_rows, out)
     plot_healing(heal_rows, heal_floor, out)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, h in histories.items():
-        plotting.loss_curve(ax, h, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("EBM surrogate (not a likelihood)")
-    ax.legend(fontsize=7)
-    _common.save(fig, out / "losses.png")
+    _common.plot_losses(histories, out / "losses.png", "EBM surrogate (not a likelihood)")
     np.savez_compressed(
-        out / "samples.npz", **{n: p["x"].astype(np.float32) for n, p in plots.items()},
-        **{f"{n}_real": p["real"].astype(np.float32) for n, p in plots.items()},
+        out / "samples.npz", **{n: plots[n]["x"].astype(np.float32) for n in args.datasets},
+        **{f"{n}_real": plots[n]["real"].astype(np.float32) for n in args.datasets},
     )  # fmt: skip
     m = dict(
         study=STUDY, seed=args.seed, quick=args.quick, config=cfg, ebm=rows, gradient=grad_rows,

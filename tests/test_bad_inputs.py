@@ -660,6 +660,7 @@ CASES = [
     ),
     ("plotting.ema", lambda: dg.plotting.ema(np.ones(5), 2.0), ValueError, "alpha"),
     ("plotting.error_vs_nfe", lambda: dg.plotting.error_vs_nfe(_ax(), [{}]), ValueError, "rows"),
+    ("plotting.hutchinson", lambda: dg.plotting.hutchinson(_ax(), [{"a": 1}]), ValueError, "rows"),
     ("ebm.EnergyModel", lambda: dg.ebm.EnergyModel(5), TypeError, "net must be a callable"),
     ("ebm.ReplayBuffer", lambda: dg.ebm.ReplayBuffer(jnp.zeros(3)), ValueError, "capacity"),
     (

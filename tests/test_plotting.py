@@ -82,3 +82,20 @@ def test_heatmap(ax):
     assert tuple(im.get_extent()) == (-2.0, 2.0, -2.0, 2.0)
     with pytest.raises(ValueError, match="square"):
         plotting.heatmap(ax, np.arange(10.0))
+
+
+def test_hutchinson_draws_std_bias_and_rate(ax):
+    rows = [
+        dict(num_probes=1, std=0.8, bias=-0.02, bias_se=0.01),
+        dict(num_probes=4, std=0.4, bias=0.01, bias_se=None),
+    ]
+    plotting.hutchinson(ax, rows)
+    std, rate = ax.get_lines()[0], ax.get_lines()[-1]
+    np.testing.assert_array_equal(std.get_xdata(), [1, 4])
+    np.testing.assert_array_equal(std.get_ydata(), [0.8, 0.4])
+    np.testing.assert_allclose(rate.get_ydata(), [0.8, 0.4])  # 0.8 / sqrt(probes)
+    (bars,) = ax.containers
+    np.testing.assert_array_equal(bars.lines[0].get_ydata(), [0.02, 0.01])  # |bias|
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="rows"):
+        plotting.hutchinson(ax, [])
