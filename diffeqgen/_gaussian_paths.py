@@ -267,6 +267,17 @@ class GaussianPath(eqx.Module):
         """
         return self._autodiff(self.sigma, t)
 
+    def sigma_d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        """The product sigma(t) d_sigma(t) = (d/dt) sigma(t)^2 / 2, elementwise on ``t``.
+
+        Finite where sigma vanishes even when d_sigma is not (VP at t = 1, where
+        ``d_sigma`` itself is evaluated at the clipped t): the marginal velocity of the ground
+        truth multiplies d_sigma by a factor sigma, and uses this product. Default: the product
+        ``sigma(t) * d_sigma(t)`` (exact wherever ``d_sigma`` is); ``VPPath`` has the closed form.
+        """
+        t = _time(t)
+        return _coef(self.sigma, t) * _coef(self.d_sigma, t)
+
     def _autodiff(self, fn, t):
         t = _time(t)
 
@@ -631,6 +642,11 @@ class VPPath(_VPBase):
         t = self.clip(t)
         b = self._int_beta(t)
         return -0.5 * self.beta(t) * jnp.exp(-b) / jnp.sqrt(-jnp.expm1(-b))
+
+    def sigma_d_sigma(self, t: TimeLike) -> Float[Array, "..."]:
+        """The product sigma d_sigma = -beta(s) exp(-B(s)) / 2 (closed form, exact on [0, 1])."""
+        t = _time(t)
+        return -0.5 * self.beta(t) * jnp.exp(-self._int_beta(t))
 
     def diffusion(self, t: TimeLike) -> Float[Array, "..."]:
         """Classic VP g(s) = sqrt(beta(s)) at s = 1 - t."""

@@ -8,6 +8,10 @@ responsibilities r_k(x) = w_k N(x; alpha mu_k, C_k) / p_t(x) and P_k = C_k^{-1}:
     denoiser  E[x1 | x_t = x] = sum_k r_k (mu_k + alpha S_k P_k (x - alpha mu_k))
     eps       E[eps | x_t = x] = sigma sum_k r_k P_k (x - alpha mu_k) = -sigma score
     velocity  v_t(x) = d_alpha(t) E[x1 | x] + d_sigma(t) E[eps | x]
+                     = d_alpha E[x1 | x] + sigma d_sigma sum_k r_k P_k (x - alpha mu_k)
+
+(the last form with ``path.sigma_d_sigma``, finite where sigma = 0 even when d_sigma is not:
+VP at t = 1, whose ``d_sigma`` is clipped near t = 1; the velocity is exact there).
 
 All closed form (no autodiff, no clipping of t: the formulas are finite at t = 0 and t = 1 as
 long as the covariances S_k are positive definite). ``t`` is a scalar in [0, 1] (a concrete t
@@ -133,13 +137,19 @@ def _score(mixture, path, t, x):
     return -jnp.einsum("...k,...kd->...d", resp, prec_diff)
 
 
-def _denoiser_eps(mixture, path, t, x):
+def _denoiser_prec(mixture, path, t, x):
+    """(E[x1 | x], sum_k r_k P_k (x - alpha mu_k), sigma): E[eps | x] is sigma times the second."""
     comp, prec_diff, a, s = _posterior(mixture, path, t, x)
     resp = jax.nn.softmax(comp, axis=-1)
     post_means = mixture.means + a * jnp.einsum("kij,...kj->...ki", mixture.covariances, prec_diff)
     d = jnp.einsum("...k,...kd->...d", resp, post_means)
-    e = s * jnp.einsum("...k,...kd->...d", resp, prec_diff)
-    return d, e
+    g = jnp.einsum("...k,...kd->...d", resp, prec_diff)
+    return d, g, s
+
+
+def _denoiser_eps(mixture, path, t, x):
+    d, g, s = _denoiser_prec(mixture, path, t, x)
+    return d, s * g
 
 
 def denoiser(
@@ -174,7 +184,9 @@ def velocity(
 ) -> Float[Array, "*batch d"]:
     """Exact marginal velocity v_t(x) = d_alpha E[x1 | x] + d_sigma E[eps | x].
 
-    The flow of v carries p_0 to p_1 (continuity equation d p_t/dt = -div(p_t v_t)).
+    The flow of v carries p_0 to p_1 (continuity equation d p_t/dt = -div(p_t v_t)). The
+    second term is computed as ``path.sigma_d_sigma(t) * E[eps | x] / sigma``, exact up to
+    t = 1 also where d_sigma is infinite there (VP).
     """
     mixture, path, t = _check_args(mixture, path, t)
     return _velocity(mixture, path, t, x)
@@ -182,8 +194,8 @@ def velocity(
 
 def _velocity(mixture, path, t, x):
     x = _check_x(mixture, x)
-    d, e = _denoiser_eps(mixture, path, t, x)
-    return path.d_alpha(t) * d + path.d_sigma(t) * e
+    d, g, _ = _denoiser_prec(mixture, path, t, x)
+    return path.d_alpha(t) * d + path.sigma_d_sigma(t) * g
 
 
 class _Field(eqx.Module):

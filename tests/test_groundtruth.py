@@ -208,3 +208,44 @@ def test_exact_fields_carry_noise_to_the_mixture(key):
     }
     for name, x in wrong.items():
         assert _max_abs_z(_mixture_z_scores(mixture, entropy, x)) > 8, name
+
+
+def _vp_gaussian_flow(path, m, sd, z, t):
+    """Probability-flow map of N(m, diag sd^2) data on VP, written with alpha only
+    (sigma^2 = 1 - alpha^2): x_t = alpha m + sqrt(alpha^2 sd^2 + 1 - alpha^2) z."""
+    a = path.alpha(t)
+    return a * m + jnp.sqrt(a**2 * sd**2 + 1.0 - a**2) * z
+
+
+def test_vp_velocity_exact_up_to_t_1(x64):
+    """VP's d_sigma is infinite at t = 1 (and clipped near it); the exact velocity is not.
+
+    Gaussian data: the velocity at x_t is the t-derivative of the closed-form flow map, here by
+    autodiff through alpha alone; checked on [0.999, 1] where d_sigma is clipped, and at t = 1.
+    """
+    path = get_path("vp")
+    m, sd = jnp.array([0.7, -1.2]), jnp.array([0.3, 1.5])
+    mix = GaussianMixture(m[None], jnp.diag(sd**2)[None], jnp.ones(1))
+    z = jr.normal(jr.key(0), (5, 2))
+    for t in (0.5, 0.999, 0.9995, 0.99999, 1.0):
+        t = jnp.asarray(t)
+        x, want = jax.jvp(lambda s: _vp_gaussian_flow(path, m, sd, z, s), (t,), (jnp.ones(()),))
+        np.testing.assert_allclose(gt.velocity(mix, path, t, x), want, rtol=1e-11, atol=1e-12)
+    assert float(path.sigma_d_sigma(jnp.asarray(1.0))) == pytest.approx(-0.5 * path.beta_min)
+
+
+def test_vp_flow_of_the_exact_velocity_hits_the_closed_form_endpoint(x64):
+    """dopri8 at tolerance 1e-12 on the exact VP field lands on the closed-form endpoint of the
+    Gaussian-data flow: to 1e-10 (measured 3e-13; 7e-5 when d_sigma was clipped on [0.999, 1])."""
+    from diffeqgen import solve
+
+    path = get_path("vp")
+    m, sd = jnp.array([0.7, -1.2]), jnp.array([0.3, 1.5])
+    mix = GaussianMixture(m[None], jnp.diag(sd**2)[None], jnp.ones(1))
+    z = jr.normal(jr.key(1), (8, 2))
+    x0 = _vp_gaussian_flow(path, m, sd, z, jnp.asarray(0.0))
+    sol = solve.sample_ode(
+        gt.velocity_field(mix, path), x0, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True
+    )
+    want = _vp_gaussian_flow(path, m, sd, z, jnp.asarray(1.0))
+    np.testing.assert_allclose(sol.x, want, rtol=0, atol=1e-10)
