@@ -80,6 +80,24 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+    count, limit = _memory_mappings()
+    if count is not None and count > limit // 2:  # still near the limit: something holds them
+        pytest.fail(
+            f"this worker still has {count} memory mappings after freeing JAX's compiled "
+            f"programs (kernel limit vm.max_map_count = {limit}); a module- or session-scoped "
+            "object is keeping compiled programs alive, and XLA will crash at the limit"
+        )
+
+
+def _memory_mappings() -> tuple[int | None, int]:
+    """(this process's memory mappings, the kernel's limit); None where /proc is unavailable."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f), limit
+    except OSError:
+        return None, 0
 
 
 @pytest.fixture
