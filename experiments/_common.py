@@ -629,22 +629,57 @@ def sample_in_chunks(sampler, n, shape, key, offset=100):
     return np.concatenate(chunks)[:n]
 
 
-def digits_bits_per_dim(field, x_test, n, n_exact, key, steps=None):
-    """Bits/dim of dequantised test digits: Hutchinson on ``n``, exact trace on ``n_exact``.
+MNIST_LEVELS = 256
+"""MNIST pixels 0..255 become ``v / 127.5 - 1`` in ``data.load_mnist``: 256 levels in [-1, 1]."""
 
-    The digits take the levels v / 8 - 1 (v = 0..16); each is dequantised uniformly within its
-    bin of width 1/8 and scored by ``cnf.log_prob`` of the flow ``field`` (adaptive dopri5,
-    rtol = atol = 1e-4; with ``steps``, that many Heun steps, which compiles in about half the
-    time), then ``cnf.bits_per_dim`` with 17 levels.
+
+def image_levels(path=None):
+    """Grey levels of the images ``load_images(path)`` gives, equally spaced over [-1, 1].
+
+    17 for the 8x8 digits (``v / 8 - 1``, ``data.images.DIGIT_LEVELS``), 256 for MNIST
+    (``v / 127.5 - 1``, any uint8 image file ``data.load_mnist`` reads).
     """
+    return data.images.DIGIT_LEVELS if path is None else MNIST_LEVELS
+
+
+def dequantisation(num_levels):
+    """``(bin width, scale)`` of ``num_levels`` equally spaced levels from -1 to 1.
+
+    The levels are ``-1 + k w`` with ``w = 2 / (num_levels - 1)``; uniform dequantisation
+    within each level's bin ``[-1 + (k - 1/2) w, -1 + (k + 1/2) w)`` fills an interval of
+    width ``scale = num_levels * w``, the ``scale`` of ``cnf.bits_per_dim``.
+    """
+    w = 2.0 / (num_levels - 1)
+    return w, num_levels * w
+
+
+def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
+    """Bits/dim of dequantised test images: Hutchinson on ``n``, exact trace on ``n_exact``.
+
+    The images take ``num_levels`` equally spaced levels from -1 to 1 (17 for the digits, 256
+    for MNIST: ``image_levels``); each is dequantised uniformly within its bin of width
+    ``2 / (num_levels - 1)`` and scored by ``cnf.log_prob`` of the flow ``field`` (adaptive
+    dopri5, rtol = atol = 1e-4; with ``steps``, that many Heun steps, which compiles in about
+    half the time), then ``cnf.bits_per_dim`` with ``num_levels`` levels over the dequantised
+    interval (``dequantisation``). Raises ValueError if the images are not on those levels.
+    """
+    w, scale = dequantisation(num_levels)
     k_u, k_h, _ = jr.split(key, 3)
     n = min(n, len(x_test))
+    x = np.asarray(x_test[:n], np.float64)
+    k = (x + 1.0) / w
+    on_grid = np.all(np.abs(k - np.round(k)) < 1e-3)
+    if not (on_grid and k.min() > -0.5 and k.max() < num_levels - 0.5):
+        raise ValueError(
+            f"x_test: expected images on the {num_levels} levels -1 + k * {w:.6g} (k = 0.."
+            f"{num_levels - 1}), got values off that grid in [{x.min():.4g}, {x.max():.4g}]"
+        )
     x = jnp.asarray(x_test[:n])
-    x = x + (jr.uniform(k_u, x.shape) - 0.5) / 8.0
+    x = x + (jr.uniform(k_u, x.shape) - 0.5) * w
     dim = int(np.prod(x.shape[1:]))
 
     def bpd(lp):
-        return np.asarray(cnf.bits_per_dim(lp, dim, num_levels=17, scale=17 / 8))
+        return np.asarray(cnf.bits_per_dim(lp, dim, num_levels=num_levels, scale=scale))
 
     kw = dict(rtol=1e-4, atol=1e-4) if steps is None else dict(solver="heun", steps=steps)
     lp_h, nfe_h = cnf.log_prob(field, x, trace="hutchinson", key=k_h, **kw)
@@ -652,6 +687,8 @@ def digits_bits_per_dim(field, x_test, n, n_exact, key, steps=None):
     b_h, b_e = bpd(lp_h), bpd(lp_e)
     return dict(
         n=n,
+        num_levels=num_levels,
+        bin_width=w,
         hutchinson=float(b_h.mean()),
         hutchinson_se=float(b_h.std() / np.sqrt(n)),
         hutchinson_nfe=float(nfe_h),

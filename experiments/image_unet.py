@@ -33,6 +33,7 @@ import json
 import pathlib
 import sys
 import time
+from fractions import Fraction
 
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (selects the Agg backend)
@@ -228,14 +229,21 @@ def _per_class(cfg, m):
     return max(cfg["n_per_class"], -(-m // K))
 
 
+def _bin_width(num_levels):
+    """The bin width 2 / (num_levels - 1) as a fraction (1/8 for the digits, 2/255 for MNIST)."""
+    f = Fraction(2, num_levels - 1)
+    return f"{f.numerator}/{f.denominator}"
+
+
 def _bpd_text(b, steps):
     solver = "dopri5 rtol = atol = 1e-4" if steps is None else f"Heun {steps} steps"
     few = ", ".join(
         f"{e:.3f} / {h:.3f}" for e, h in zip(b["exact_few"], b["hutchinson_few"], strict=True)
     )
     return (
-        f"Flow model (linear path) on {b['n']} uniformly dequantised test digits (bin width 1/8, "
-        f"17 levels; an upper bound on the discrete code length): {b['hutchinson']:.3f} +- "
+        f"Flow model (linear path) on {b['n']} uniformly dequantised test images ("
+        f"{b['num_levels']} levels, bin width {_bin_width(b['num_levels'])}; an upper bound on "
+        f"the discrete code length): {b['hutchinson']:.3f} +- "
         f"{b['hutchinson_se']:.3f} bits/dim by `cnf.log_prob(trace='hutchinson')` (one "
         f"Rademacher probe, {solver}, NFE {b['hutchinson_nfe']:.0f}). On the "
         f"first {b['n_exact']} digits, exact trace / Hutchinson: {few} bits/dim (exact NFE "
@@ -326,9 +334,10 @@ def main(argv=None):
     best_g = max(guidance, key=lambda r: (r["accuracy"], -r["w"]))
 
     # 6. Bits per dimension of the flow model.
-    bpd = _common.digits_bits_per_dim(
-        flow, xt, cfg["n_bpd"], cfg["n_exact"], keys["bpd"], cfg["bpd_steps"]
-    )
+    bpd = _common.image_bits_per_dim(
+        flow, xt, cfg["n_bpd"], cfg["n_exact"], keys["bpd"], _common.image_levels(args.data),
+        cfg["bpd_steps"],
+    )  # fmt: skip
     log(f"bpd (Hutchinson) {bpd['hutchinson']:.3f}; exact few {bpd['exact_few']}")
 
     # 7-8. The best unconditional sampler, samples, figures, report.

@@ -11,12 +11,13 @@ ignore their labels (classified as their class about 10 % of the time).
 
 import json
 
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS, assert_bad_flags_fail, is_finite_number, load_script, run_main
 
-from diffeqgen import images
+from diffeqgen import cnf, data, images
 
 SCRIPT = EXPERIMENTS / "image_unet.py"
 FILES = (
@@ -126,3 +127,63 @@ def test_image_unet_data_flag_reads_mnist_with_a_fixed_split(tmp_path):
     # train and test are disjoint rows of the file, together all of them
     train, test = {r.tobytes() for r in x}, {r.tobytes() for r in xt}
     assert not train & test and len(train | test) == 60
+
+
+@pytest.mark.parametrize("num_levels", [17, 256])
+def test_uniform_density_on_the_dequantised_cube_has_log2_levels_bits_per_dim(num_levels):
+    """num_levels levels on [-1, 1], dequantised within their bins, fill a cube of side `scale`;
+    the uniform density on it codes each level with exactly log2(num_levels) bits (8 for MNIST)."""
+    mod = load_script(SCRIPT)
+    w, scale = mod._common.dequantisation(num_levels)
+    levels = -1 + w * np.arange(num_levels)
+    assert levels[-1] == pytest.approx(1.0)  # the levels span [-1, 1]
+    assert scale == pytest.approx((levels[-1] + w / 2) - (levels[0] - w / 2))
+    dim = 784
+    log_p = jnp.full((3,), -dim * np.log(scale))
+    bpd = cnf.bits_per_dim(log_p, dim, num_levels=num_levels, scale=scale)
+    np.testing.assert_allclose(np.asarray(bpd), np.log2(num_levels), rtol=1e-6)
+
+
+def test_image_levels_follow_the_data_set(tmp_path):
+    """17 levels for the digits (v / 8 - 1), 256 for MNIST (v / 127.5 - 1, as loaded)."""
+    mod = load_script(SCRIPT)
+    assert mod._common.image_levels(None) == 17
+    x, *_ = mod._common.load_images(None)
+    assert len(np.unique(x)) == 17 and np.allclose(np.diff(np.unique(x)), 1 / 8)
+    imgs = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    np.savez(tmp_path / "m.npz", x_train=imgs)
+    xm, _ = data.load_mnist(tmp_path / "m.npz")
+    assert mod._common.image_levels(tmp_path / "m.npz") == 256
+    np.testing.assert_allclose(np.diff(np.sort(xm.ravel())), 2 / 255, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_levels", [17, 256])
+def test_image_bits_per_dim_of_the_identity_flow_is_the_gaussian_code_length(num_levels):
+    """A zero velocity field leaves x unchanged: log p(x) = log N(x; 0, I) exactly. Images at
+    the level -1, dequantised within the bin [-1 - w/2, -1 + w/2), then give bits/dim between
+    closed-form bounds (about 1e-2 bits wide for MNIST); the digits' 17 levels applied to MNIST
+    (the old bug) are off by log2(127.5 / 8) = 4 bits."""
+    mod = load_script(SCRIPT)
+    w, scale = mod._common.dequantisation(num_levels)
+    x = -np.ones((3, 1, 4, 4), np.float32)
+    dim = 16
+
+    def zero(t, x, args):
+        return jnp.zeros_like(x)
+
+    b = mod._common.image_bits_per_dim(zero, x, 3, 1, jr.key(0), num_levels, steps=2)
+    assert b["num_levels"] == num_levels and b["bin_width"] == pytest.approx(w)
+
+    def bpd(sq):  # bits/dim of log N(x; 0, I) with |x|^2 = sq per dimension
+        lp = -dim / 2 * np.log(2 * np.pi) - dim * sq / 2
+        return -(lp - dim * np.log(num_levels / scale)) / (dim * np.log(2))
+
+    lo, hi = bpd((1 - w / 2) ** 2), bpd((1 + w / 2) ** 2)
+    for v in [b["hutchinson"], *b["exact_few"], *b["hutchinson_few"]]:
+        assert lo - 1e-5 <= v <= hi + 1e-5, (v, lo, hi)
+    if num_levels == 256:
+        assert hi - lo < 0.02
+        # images not on the stated levels are refused (MNIST scored with the digits' levels)
+        xm = (np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) + 3) / 127.5 - 1
+        with pytest.raises(ValueError, match="17 levels"):
+            mod._common.image_bits_per_dim(zero, xm, 1, 1, jr.key(0), 17, steps=2)
