@@ -13,11 +13,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from . import solve as _solve
 from ._checks import check_choice, check_int, check_positive, is_traced
 from ._conditioning import in_axes, merge, one_sample
-from ._failures import NONFINITE, NONFINITE_EVENT, all_finite
+from ._failures import NONFINITE, NONFINITE_EVENT, all_finite, concrete
 from ._gaussian_paths import GaussianPath
 from ._solvers import _time_arrays, eager_fsal, evals_per_step
 from ._types import Array
@@ -54,6 +55,7 @@ def _max_sample_norm(error) -> Array:
     return jnp.sqrt(jnp.max(sq) / (z[0].size + 1))
 
 
+@jax.jit  # one program per shape when called eagerly (not one per elementwise op)
 def _standard_normal_log_prob(z: Array) -> Array:
     flat = z.reshape(z.shape[0], -1)
     return -0.5 * jnp.sum(flat**2, axis=1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
@@ -331,7 +333,12 @@ def _check_likelihood(
     """
     from ._solve_common import _solver_label, check_solve, field_probe
 
-    finite = jnp.isfinite(log_p) & jax.vmap(all_finite)(z_end)
+    lp_host, z_host = concrete(log_p), concrete(z_end)
+    if lp_host is None or z_host is None:  # traced: flags in jnp
+        finite = jnp.isfinite(log_p) & jax.vmap(all_finite)(z_end)
+    else:  # eager: on the host (no small XLA programs compiled per batch shape)
+        z_rows = z_host.reshape(z_host.shape[0], -1)
+        finite = np.isfinite(lp_host) & np.all(np.isfinite(z_rows), axis=1)
     out = dict(status, finite=finite, x=z_end)
     if steps is None:
         hint = (
@@ -350,6 +357,11 @@ def _check_likelihood(
         hint=hint, throw=throw, fixed=fixed, probe=probe,
         what=NONFINITE + " in the state [z, log-density]",
     )  # fmt: skip
+    if isinstance(st["ok_each"], np.ndarray | np.bool_ | bool):  # decided on the host
+        ok = np.broadcast_to(st["ok_each"], log_p.shape)
+        if not throw and not ok.all():  # a value that is not trustworthy is NaN
+            log_p = jnp.asarray(np.where(ok, lp_host, np.nan))
+        return log_p, jnp.asarray(ok)
     ok = jnp.broadcast_to(st["ok_each"], log_p.shape)
     if not throw:  # a value that is not trustworthy is NaN, never a plausible number
         log_p = jnp.where(ok, log_p, jnp.nan)

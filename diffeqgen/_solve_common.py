@@ -66,14 +66,19 @@ def check_solve(
     (use the returned one). ``status`` has ``ok``, ``fail_step``, ``fail_t`` (Python values
     after an eager call) and ``ok_each`` (one per sample, or a scalar).
     """
-    code, finite = out["result"], out["finite"]
+    # After an eager call the status is concrete: decide on the host in NumPy (no small XLA
+    # programs compiled for each new batch shape); under tracing, the same logic in jnp.
+    keys = ("result", "finite", "num_steps", "t_reached")
+    host = [concrete(out[k]) for k in keys]
+    xp = np if all(h is not None for h in host) else jnp
+    code, finite, num_steps, t_reached = host if xp is np else (out[k] for k in keys)
     event = int(dfx.RESULTS.event_occurred._value)
     nonfinite = (code == event) | ~finite
     other = (code != int(dfx.RESULTS.successful._value)) & ~nonfinite
     ok = ~(nonfinite | other)
-    per_sample = jnp.ndim(ok) > 0
-    steps_done = jnp.asarray(out["num_steps"], jnp.int32)
-    bad_step = jnp.where(ok, 0, steps_done)
+    per_sample = xp.ndim(ok) > 0
+    steps_done = xp.asarray(num_steps, xp.int32)
+    bad_step = xp.where(ok, 0, steps_done)
     if fixed is not None:
         describe = grid_describe(*fixed)
     else:
@@ -81,12 +86,12 @@ def check_solve(
         def describe(k: int) -> str:
             return f"step {k}"
 
-    c_ok = concrete(ok)
+    c_ok = ok if xp is np else None
     if c_ok is not None and throw and not np.all(c_ok):
         bad = np.flatnonzero(~np.atleast_1d(c_ok))
         i = bad[0]
         pick = lambda v: np.atleast_1d(np.asarray(v))[i]  # noqa: E731
-        t_reached, steps, c = float(pick(out["t_reached"])), int(pick(steps_done)), int(pick(code))
+        t_reached, steps, c = float(pick(t_reached)), int(pick(steps_done)), int(pick(code))
         which = f" (sample {i}; {bad.size} of {np.size(c_ok)} failed)" if per_sample else ""
         if bool(pick(nonfinite)):
             at = describe(steps) if fixed is not None else f"t = {t_reached:.6g} (step {steps})"
@@ -128,7 +133,7 @@ def check_solve(
         code_b = jnp.broadcast_to(jnp.asarray(code, jnp.int32), jnp.shape(other))
         tree = eqx.branched_error_if(tree, other, jnp.where(other, code_b, 0), msgs)
 
-    t_reached = jnp.atleast_1d(jnp.asarray(out["t_reached"]))
+    t_reached = xp.atleast_1d(xp.asarray(t_reached))
     if c_ok is None:
         first = jnp.argmax(jnp.atleast_1d(~ok))
         status = dict(
