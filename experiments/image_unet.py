@@ -33,7 +33,6 @@ import json
 import pathlib
 import sys
 import time
-from fractions import Fraction
 
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # _common, also when loaded by path
 import _common  # noqa: E402  (selects the Agg backend)
@@ -229,12 +228,6 @@ def _per_class(cfg, m):
     return max(cfg["n_per_class"], -(-m // K))
 
 
-def _bin_width(num_levels):
-    """The bin width 2 / (num_levels - 1) as a fraction (1/8 for the digits, 2/255 for MNIST)."""
-    f = Fraction(2, num_levels - 1)
-    return f"{f.numerator}/{f.denominator}"
-
-
 def _bpd_text(b, steps):
     solver = "dopri5 rtol = atol = 1e-4" if steps is None else f"Heun {steps} steps"
     few = ", ".join(
@@ -242,12 +235,11 @@ def _bpd_text(b, steps):
     )
     return (
         f"Flow model (linear path) on {b['n']} uniformly dequantised test images ("
-        f"{b['num_levels']} levels, bin width {_bin_width(b['num_levels'])}; an upper bound on "
-        f"the discrete code length): {b['hutchinson']:.3f} +- "
-        f"{b['hutchinson_se']:.3f} bits/dim by `cnf.log_prob(trace='hutchinson')` (one "
-        f"Rademacher probe, {solver}, NFE {b['hutchinson_nfe']:.0f}). On the "
-        f"first {b['n_exact']} digits, exact trace / Hutchinson: {few} bits/dim (exact NFE "
-        f"{b['exact_nfe']:.0f})."
+        f"{b['num_levels']} levels, bin width 2/{b['num_levels'] - 1}; an upper bound on the "
+        f"discrete code length): {b['hutchinson']:.3f} +- {b['hutchinson_se']:.3f} bits/dim by "
+        f"`cnf.log_prob(trace='hutchinson')` (one Rademacher probe, {solver}, NFE "
+        f"{b['hutchinson_nfe']:.0f}). On the first {b['n_exact']} images, exact trace / "
+        f"Hutchinson: {few} bits/dim (exact NFE {b['exact_nfe']:.0f})."
     )
 
 
