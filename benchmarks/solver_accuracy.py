@@ -33,6 +33,7 @@ chunks) and it compiles at XLA backend optimisation level 0.
 
 import argparse
 import functools
+import gc
 import json
 import os
 import pathlib
@@ -643,6 +644,7 @@ def fewstep(args, n, keys, mixture):
             dist_floor=dist_floor, n_dist=n_dist, likelihood=lik,
         )  # fmt: skip
         print(f"few-step, {path_name}: {time.perf_counter() - t:.0f} s", flush=True)
+        free_compiled()
     t = time.perf_counter()
     trained = trained_study(
         mixture, jr.fold_in(k_sde, 300), args.quick, n,
@@ -666,6 +668,18 @@ def fewstep(args, n, keys, mixture):
     (args.out / f"{name}.md").write_text(text)
     plot_fewstep(few, trained, args.out / f"{name}.png")
     print(text)
+
+
+def free_compiled():
+    """Free the compiled programs of a finished study (none is reused by the next one).
+
+    Each live XLA CPU program holds its own memory mappings, and this benchmark compiles
+    thousands (every solver, grid and step count is a program): in one process they reach the
+    kernel's ``vm.max_map_count`` (65530 by default), where the next compile fails with "LLVM
+    compilation error: Cannot allocate memory" and the process crashes (seen in a full run).
+    """
+    jax.clear_caches()
+    gc.collect()
 
 
 def _fast_compiles():
@@ -694,6 +708,7 @@ def main(argv=None):
                                    mixture.weights / mixture.weights.sum())  # fmt: skip
     if args.part in ("all", "classic"):
         classic(args, n, keys, mixture)
+        free_compiled()
     if args.part in ("all", "fewstep"):
         fewstep(args, n, keys, mixture)
 
