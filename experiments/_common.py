@@ -13,6 +13,7 @@ import pathlib
 import sys
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -24,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffeqgen import metrics, plotting, train  # noqa: E402
+from diffeqgen import cnf, data, images, metrics, paths, plotting, solve, train  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -479,10 +480,6 @@ def run_interruptible(main):
 
 
 # --- images (image_unet): data flags, FD to the test set, sampler runs, grids, bits/dim ----------
-
-import equinox as eqx  # noqa: E402
-
-from diffeqgen import cnf, data, images, paths, solve  # noqa: E402
 
 
 def log_since(t_start, msg, width=5):
