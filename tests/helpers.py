@@ -1,3 +1,4 @@
+import json
 import pathlib
 
 import equinox as eqx
@@ -43,6 +44,19 @@ def run_main(script, *args):
     out = load_script(script).main([str(a) for a in args])
     assert jax.config.jax_enable_x64 == x64, f"{pathlib.Path(script).name} changed jax_enable_x64"
     return out
+
+
+def run_quick(script, tmp_path, files, *flags):
+    """A study's ``--quick`` in this process (``run_main``) into ``tmp_path/out`` with its
+    checkpoints in ``tmp_path/ckpt``; asserts every name in ``files`` was written there.
+
+    Returns ``(metrics, out, ckpt)``: the run's ``metrics.json`` and the two folders.
+    """
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    run_main(script, "--quick", *flags, "--out", str(out), "--checkpoints", str(ckpt))
+    for f in files:
+        assert (out / f).is_file(), f
+    return json.loads((out / "metrics.json").read_text()), out, ckpt
 
 
 def assert_bad_flags_fail(script, args, needle, tmp_path, capsys):

@@ -11,11 +11,9 @@ W2 1.76 x floor against 1.30 x (bound 1.5); trained 250 steps, per-class W2 reac
 (max) and the unconditional 1.87 x.
 """
 
-import json
-
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, is_finite_number, run_main
+from helpers import EXPERIMENTS, is_finite_number, run_quick
 
 SCRIPT = EXPERIMENTS / "conditional_2d.py"
 FILES = ("metrics.json", "summary.md", "samples.npz", "samples.png", "vs_w.png")
@@ -48,11 +46,7 @@ def check_quality(m):
 
 @pytest.mark.slow
 def test_conditional_2d_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
-    for f in FILES:
-        assert (out / f).is_file(), f
-    m = json.loads((out / "metrics.json").read_text())
+    m, out, _ = run_quick(SCRIPT, tmp_path, FILES)
     assert m["quick"] and len(m["class_floors"]) == 8
     for f in m["class_floors"]:
         assert is_finite_number(f["w2"]) and f["w2"] > 0

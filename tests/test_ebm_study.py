@@ -1,24 +1,19 @@
 """End-to-end test of experiments/ebm_langevin.py in quick mode."""
 
-import json
-
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
 from helpers import is_finite_number as _finite
-from helpers import run_main
+from helpers import run_quick
 
 SCRIPT = EXP / "ebm_langevin.py"
 
 
 @pytest.mark.slow
 def test_ebm_langevin_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
-    for f in ("metrics.json", "summary.md", "samples.npz", "ebm_samples.png",
-              "mcmc_gradient.png", "self_healing.png", "losses.png"):  # fmt: skip
-        assert (out / f).is_file(), f
-    m = json.loads((out / "metrics.json").read_text())
+    files = ("metrics.json", "summary.md", "samples.npz", "ebm_samples.png",
+             "mcmc_gradient.png", "self_healing.png", "losses.png")  # fmt: skip
+    m, out, _ = run_quick(SCRIPT, tmp_path, files)
     assert [row["dataset"] for row in m["ebm"]] == ["8gaussians", "pinwheel"]
     for row in m["ebm"]:
         assert _finite(row["w2"]) and row["w2"] > 0 and row["floors"]["w2"] > 0

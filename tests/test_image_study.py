@@ -9,13 +9,11 @@ checks that the bounds fail for pure N(0, I) noise (FD far above the bound) and 
 ignore their labels (classified as their class about 10 % of the time).
 """
 
-import json
-
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, assert_bad_flags_fail, is_finite_number, load_script, run_main
+from helpers import EXPERIMENTS, assert_bad_flags_fail, is_finite_number, load_script, run_quick
 
 from diffeqgen import cnf, data, images
 
@@ -81,11 +79,7 @@ def test_quick_bounds_reject_noise_and_label_blind_digits():
 
 @pytest.mark.slow
 def test_image_unet_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(SCRIPT, "--quick", "--out", str(out), "--checkpoints", str(ck))
-    for f in FILES:
-        assert (out / f).is_file(), f
-    m = json.loads((out / "metrics.json").read_text())
+    m, out, _ = run_quick(SCRIPT, tmp_path, FILES)
     assert m["quick"] and m["fd_floor"] > 0 and is_finite_number(m["fd_floor"])
     rows = m["schedules"]["linear"] + m["schedules"]["cosine"] + m["sde"]
     for r in rows:

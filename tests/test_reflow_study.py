@@ -1,23 +1,18 @@
 """End-to-end test of experiments/reflow_2d.py in quick mode (one dataset)."""
 
-import json
-
 import pytest
 from helpers import EXPERIMENTS as EXP
 from helpers import is_finite_number as _finite
-from helpers import run_main
+from helpers import run_quick
 
 REFLOW = EXP / "reflow_2d.py"
 
 
 @pytest.mark.slow
 def test_reflow_2d_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(REFLOW, "--quick", "--datasets", "moons", "--out", str(out), "--checkpoints", str(ck))
-    for f in ("metrics.json", "summary.md", "reflow.png"):
-        assert (out / f).is_file(), f
+    files = ("metrics.json", "summary.md", "reflow.png")
+    m, out, ck = run_quick(REFLOW, tmp_path, files, "--datasets", "moons")
     assert sorted(p.name for p in ck.iterdir()) == ["moons_student.eqx", "moons_teacher.eqx"]
-    m = json.loads((out / "metrics.json").read_text())
     r = m["datasets"]["moons"]
     assert _finite(r["floors"]["w2"]) and r["floors"]["w2"] > 0
     for label in ("teacher", "reflow"):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
-from helpers import assert_bad_flags_fail, load_script, run_main
+from helpers import assert_bad_flags_fail, load_script, run_main, run_quick
 from helpers import is_finite_number as _finite
 
 SCORE_SDE = EXP / "score_sde_2d.py"
@@ -14,13 +14,10 @@ DSM_DDPM = EXP / "dsm_vs_ddpm.py"
 
 @pytest.mark.slow
 def test_score_sde_2d_quick(tmp_path):
-    out = tmp_path / "out"
-    run_main(SCORE_SDE, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
-    for f in ("metrics.json", "summary.md", "samples.npz", "samples.png", "losses.png"):
-        assert (out / f).is_file(), f
+    files = ("metrics.json", "summary.md", "samples.npz", "samples.png", "losses.png")
+    m, out, ck = run_quick(SCORE_SDE, tmp_path, files)
     assert list(out.glob("fields_*.png"))
-    assert list((tmp_path / "ckpt").iterdir()), "training wrote no checkpoint"
-    m = json.loads((out / "metrics.json").read_text())
+    assert list(ck.iterdir()), "training wrote no checkpoint"
     assert m["n"] > 0 and _finite(m["mmd_bandwidth"]) and m["mmd_bandwidth"] > 0
     assert _finite(m["floors"]["w2"]) and m["floors"]["w2"] > 0
     samplers = {r["sampler"] for r in m["rows"]}
@@ -58,19 +55,10 @@ def check_score_sde_quality(m):
 
 @pytest.mark.slow
 def test_dsm_vs_ddpm_quick(tmp_path):
-    out = tmp_path / "out"
-    run_main(DSM_DDPM, "--quick", "--out", str(out), "--checkpoints", str(tmp_path / "ckpt"))
-    for f in (
-        "metrics.json",
-        "summary.md",
-        "samples.npz",
-        "samples.png",
-        "losses.png",
-        "score_fields.png",
-    ):
-        assert (out / f).is_file(), f
-    assert list((tmp_path / "ckpt").iterdir()), "training wrote no checkpoint"
-    m = json.loads((out / "metrics.json").read_text())
+    files = ("metrics.json", "summary.md", "samples.npz", "samples.png", "losses.png",
+             "score_fields.png")  # fmt: skip
+    m, out, ck = run_quick(DSM_DDPM, tmp_path, files)
+    assert list(ck.iterdir()), "training wrote no checkpoint"
     assert {r["model"] for r in m["rows"]} == {"dsm", "ncsm", "ddpm"}
     assert {r["model"]: r["nfe"] for r in m["rows"]}["ddpm"] == m["T"] == 500
     assert {r["dataset"] for r in m["rows"]} == {"mixture"}  # --quick: one data set

@@ -1,11 +1,9 @@
 """End-to-end tests of the flow-matching studies: flow_matching_2d and cat_to_dog (quick mode)."""
 
-import json
-
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS as EXP
-from helpers import assert_bad_flags_fail, load_script, run_main
+from helpers import assert_bad_flags_fail, load_script, run_quick
 from helpers import is_finite_number as _finite
 
 FM2D = EXP / "flow_matching_2d.py"
@@ -26,21 +24,10 @@ def _check_common(out, m):
 
 @pytest.mark.slow
 def test_flow_matching_2d_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(FM2D, "--quick", "--out", str(out), "--checkpoints", str(ck))
-    for f in (
-        "metrics.json",
-        "summary.md",
-        "samples.npz",
-        "loss.png",
-        "conditional_paths.png",
-        "trajectories.png",
-        "quality_vs_nt.png",
-        "samples_vs_nt.png",
-    ):
-        assert (out / f).is_file(), f
+    files = ("metrics.json", "summary.md", "samples.npz", "loss.png", "conditional_paths.png",
+             "trajectories.png", "quality_vs_nt.png", "samples_vs_nt.png")  # fmt: skip
+    m, out, ck = run_quick(FM2D, tmp_path, files)
     assert sorted(p.name for p in ck.iterdir()) == ["mixture_cosine.eqx", "mixture_linear.eqx"]
-    m = json.loads((out / "metrics.json").read_text())
     _check_common(out, m)
     assert {r["path"] for r in m["rows"]} == {"linear", "cosine"}
     assert {r["solver"] for r in m["rows"]} == {"euler", "midpoint", "tsit5"}
@@ -76,21 +63,10 @@ def check_fm2d_quality(m):
 
 @pytest.mark.slow
 def test_cat_to_dog_quick(tmp_path):
-    out, ck = tmp_path / "out", tmp_path / "ckpt"
-    run_main(CAT_DOG, "--quick", "--out", str(out), "--checkpoints", str(ck))
-    for f in (
-        "metrics.json",
-        "summary.md",
-        "samples.npz",
-        "samples.png",
-        "trajectories.png",
-        "velocity_field.png",
-        "quality_vs_nfe.png",
-        "loss.png",
-    ):
-        assert (out / f).is_file(), f
+    files = ("metrics.json", "summary.md", "samples.npz", "samples.png", "trajectories.png",
+             "velocity_field.png", "quality_vs_nfe.png", "loss.png")  # fmt: skip
+    m, out, ck = run_quick(CAT_DOG, tmp_path, files)
     assert sorted(p.name for p in ck.iterdir()) == ["independent.eqx", "ot.eqx"]
-    m = json.loads((out / "metrics.json").read_text())
     _check_common(out, m)
     per = m["per_coupling"]
     assert set(per) == {"independent", "ot"}
