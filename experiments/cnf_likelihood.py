@@ -4,16 +4,16 @@ The main study of diffeqgen. Writes to ``--out`` (default ``results/cnf_likeliho
 
 1. ``linear_map.png``: Y = A Z with A = [[3/5, 2/5], [1/5, 4/5]] realised by the flow
    dz/dt = logm(A) z; the CNF log-density beside the analytic N(0, A A^T), and the error.
-2. ``tanh_flow.png``, ``tanh_hist_t05.png``: the flow dz/dt = tanh(z^3) from N(0, I): histograms of
-   samples at t = 0, .1, ..., .5 beside CNF densities, against the exact 1D change of variables.
+2. ``tanh_flow.png``: the flow dz/dt = tanh(z^3) from N(0, I): 2D histograms of samples at
+   t = 0, .1, ..., .5 beside CNF densities, against the exact 1D change of variables.
 3. ``ml_cnf.png``: maximum-likelihood CNFs (``--datasets``): NLL curves, samples, model and true
    densities. Each starts from the flow-matching model of 5 (pretraining, cheap) and is
    fine-tuned by ``cnf.nll_loss``; the gap is the model's NLL minus the data's exact NLL on the
    same test points (a KL estimate, nats, with its standard error).
 4. ``solver_study.png``: log-likelihood error against NFE for euler, midpoint, rk4, tsit5, dopri5
    (fixed steps and tolerances) against a float64 reference; exact trace vs Hutchinson probes.
-5. ``fm_vs_cnf.png``: the flow-matching model (a ``cnf.CNF`` trained by flow matching on the
-   linear path), scored through its probability-flow ODE by the same ``cnf.log_prob``.
+5. The flow-matching model (a ``cnf.CNF`` trained by flow matching on the linear path), scored
+   through its probability-flow ODE by the same ``cnf.log_prob`` (in ``ml_cnf.png``).
 
 Also ``metrics.json`` (every number), ``summary.md`` and a table printed at the end.
 
@@ -62,43 +62,42 @@ SETTINGS = dict(  # name=(full, --quick)
     tol_solvers=(("tsit5", "dopri5"), ("dopri5",)), n_solver=(128, 200),
     probes=((1, 4, 16), (4,)), n_hutch=(128, 50), hutch_reps=(16, 4),
 )  # fmt: skip
+ADAPTIVE = [s for s in solve.ODE_SOLVERS if s not in ("euler", "midpoint", "rk4", "heun")]
 
 
 def parse_args(argv=None):
     p = _common.make_parser(__doc__, "cnf_likelihood")
-    p.add_argument(
-        "--datasets",
-        type=_common.choices("dataset", data.names()),
-        help="comma-separated 2D datasets for the ML CNF and flow matching (default "
-        "{}; --quick: {}); see diffeqgen.data.names()".format(*SETTINGS["datasets"]),
+    datasets = "2D datasets, comma-separated (default {}; --quick: {})".format(
+        *SETTINGS["datasets"]
     )
+    p.add_argument("--datasets", type=_common.choices("dataset", data.names()), help=datasets)
     steps = "training steps of each ML CNF (default {}; --quick {})".format(*SETTINGS["steps"])
     p.add_argument("--steps", type=_common.integer("--steps"), help=steps)
-    adaptive = [s for s in solve.ODE_SOLVERS if s not in ("euler", "midpoint", "rk4", "heun")]
-    solver = f"adaptive solver of every likelihood evaluation: one of {', '.join(adaptive)}"
-    p.add_argument("--solver", default="dopri5", help=solver)
+    solver = f"adaptive solver of every likelihood evaluation, one of {', '.join(ADAPTIVE)}"
+    p.add_argument(
+        "--solver", type=_common.choice("adaptive solver", ADAPTIVE), default="dopri5", help=solver
+    )
     for flag in ("rtol", "atol"):
         p.add_argument(f"--{flag}", type=_common.positive(f"--{flag}"), default=1e-6, help=flag)
     args = p.parse_args(argv)
-    if args.solver not in adaptive:
-        p.error(f"unknown or non-adaptive --solver {args.solver!r}; expected one of {adaptive}")
-    args.cfg = _common.config(args, SETTINGS, steps=args.steps)
-    args.cfg["datasets"] = args.datasets or args.cfg["datasets"].split(",")
-    fm_steps, ml_steps, lr = (
-        max(args.cfg["fm_steps"], 2),
-        max(args.cfg["steps"], 2),
-        args.cfg["ml_lr"],
-    )
+    cfg = args.cfg = _common.config(args, SETTINGS, steps=args.steps)
+    cfg["datasets"] = args.datasets or cfg["datasets"].split(",")
+    args.ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)  # every likelihood solve
     args.optimizers = dict(  # one object each, shared by every dataset (one compile)
-        fm=train.make_optimizer(2e-3, schedule="cosine", num_steps=fm_steps),
-        ml=train.make_optimizer(lr, schedule="cosine", num_steps=ml_steps, grad_clip=1.0),
+        fm=train.make_optimizer(2e-3, schedule="cosine", num_steps=max(cfg["fm_steps"], 2)),
+        ml=train.make_optimizer(
+            cfg["ml_lr"], schedule="cosine", num_steps=max(cfg["steps"], 2), grad_clip=1.0
+        ),
     )
     return args
 
 
-def log_prob(vf, x, cfg, **kw) -> tuple[np.ndarray, float]:
-    """``cnf.log_prob_chunked`` (one compile for every size), log-densities as NumPy."""
-    lp, nfe = cnf.log_prob_chunked(vf, x, chunk_size=cfg["chunk"], **kw)
+def log_prob(study, vf, x, **kw) -> tuple[np.ndarray, float]:
+    """``cnf.log_prob_chunked`` at the ``study``'s settings (one compile for every size), as NumPy.
+
+    ``study`` is the parsed command line; ``kw`` go to ``cnf.log_prob`` (``args`` is the field's).
+    """
+    lp, nfe = cnf.log_prob_chunked(vf, x, chunk_size=study.cfg["chunk"], **study.ev | kw)
     return np.asarray(lp), nfe
 
 
@@ -112,31 +111,31 @@ def linear_field(t, z, m):
     return m @ z
 
 
-def linear_map(cfg, ev, out: Path) -> dict:
+def linear_map(args) -> dict:
     log_a = scipy.linalg.logm(A_MATRIX)
     imag = float(np.max(np.abs(np.imag(log_a))))
     if imag > 1e-12:
         raise RuntimeError(f"logm(A) is not real (max |imag| = {imag})")
     log_a, lim = np.real(log_a), 3.0
-    pts, _ = _common.cells(lim, cfg["lin_grid"])
-    lp, nfe = log_prob(linear_field, pts, cfg, args=jnp.asarray(log_a, jnp.float32), **ev)
+    pts, _ = _common.cells(lim, args.cfg["lin_grid"])
+    lp, nfe = log_prob(args, linear_field, pts, args=jnp.asarray(log_a, jnp.float32))
     cov = A_MATRIX @ A_MATRIX.T
     p64 = pts.astype(np.float64)
     exact = -0.5 * np.einsum("ni,ij,nj->n", p64, np.linalg.inv(cov), p64) - math.log(2 * math.pi)
     exact -= 0.5 * math.log(np.linalg.det(cov))
     err = np.abs(lp - exact)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    vmin, vmax = exact.min(), exact.max()
-    heat(axes[0], exact, lim, "analytic log N(0, A A^T)", vmin=vmin, vmax=vmax)
-    heat(axes[1], lp, lim, f"CNF log p (dz/dt = logm(A) z), NFE {nfe:.0f}", vmin=vmin, vmax=vmax)
+    span = dict(vmin=exact.min(), vmax=exact.max())
+    heat(axes[0], exact, lim, "analytic log N(0, A A^T)", **span)
+    heat(axes[1], lp, lim, f"CNF log p (dz/dt = logm(A) z), NFE {nfe:.0f}", **span)
     im = heat(axes[2], err, lim, f"|error|, max {err.max():.1e}", cmap="magma")
     fig.colorbar(im, ax=axes[2])
-    _common.save(fig, out / "linear_map.png")
+    _common.save(fig, args.out / "linear_map.png")
     expm_error = float(np.max(np.abs(scipy.linalg.expm(log_a) - A_MATRIX)))
     return dict(
         logm_A=log_a.tolist(), logm_max_imag=imag, expm_logm_error=expm_error, cov=cov.tolist(),
         max_abs_error=float(err.max()), mean_abs_error=float(err.mean()), nfe_per_sample=nfe,
-        grid=cfg["lin_grid"], target=1e-4, passed=bool(err.max() < 1e-4),
+        grid=args.cfg["lin_grid"], target=1e-4, passed=bool(err.max() < 1e-4),
     )  # fmt: skip
 
 
@@ -161,9 +160,9 @@ def exact_tanh_log_density_1d(u: np.ndarray, t: float) -> np.ndarray:
     return -0.5 * z0**2 - 0.5 * math.log(2 * math.pi) + np.log(np.abs(f(z0))) - np.log(np.abs(f(u)))
 
 
-def tanh_flow(cfg, ev, key, out: Path) -> dict:
-    lim, bins = 3.0, cfg["tanh_bins"]
-    z0 = jr.normal(key, (cfg["tanh_n"], 2))
+def tanh_flow(args, key) -> dict:
+    lim, bins, n = 3.0, args.cfg["tanh_bins"], args.cfg["tanh_n"]
+    z0 = jr.normal(key, (n, 2))
     kw = dict(t0=0.0, t1=TANH_TIMES[-1], rtol=1e-7, atol=1e-7, saveat=jnp.asarray(TANH_TIMES))
     sol = solve.sample_ode(tanh_field, z0, solver="dopri5", **kw)
     xs = np.asarray(sol.xs)
@@ -178,7 +177,7 @@ def tanh_flow(cfg, ev, key, out: Path) -> dict:
         if t == 0:
             lp, nfe = (-0.5 * np.sum(pts**2, 1) - math.log(2 * math.pi)), 0.0
         else:
-            lp, nfe = log_prob(tanh_field, pts, cfg, t1=t, **ev)
+            lp, nfe = log_prob(args, tanh_field, pts, t1=t)
         e1 = exact_tanh_log_density_1d(c.astype(np.float64), t)
         exact = (e1[None, :] + e1[:, None]).ravel()
         q_cnf, q_ex, seen = normalised(lp), normalised(exact), hist > 0
@@ -195,45 +194,37 @@ def tanh_flow(cfg, ev, key, out: Path) -> dict:
         heat(axes[0, i], hist, lim, f"samples t={t:.1f}", vmin=0, vmax=vmax)
         heat(axes[1, i], q_cnf, lim, title, vmin=0, vmax=vmax)
     fig.suptitle("dz/dt = tanh(z^3): histograms of samples (top) and CNF densities (bottom)")
-    _common.save(fig, out / "tanh_flow.png")
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    h = ax.hist2d(xs[-1, :, 0], xs[-1, :, 1], bins=40, range=[[-lim, lim]] * 2, cmap="viridis")
-    fig.colorbar(h[3], ax=ax)
-    ax.set_title(f"{cfg['tanh_n']} samples of z(0.5), dz/dt = tanh(z^3)", fontsize=9)
-    _common.save(fig, out / "tanh_hist_t05.png")
-    return dict(times=metrics, n_samples=cfg["tanh_n"], bins=bins, sample_nfe=int(sol.nfe))
+    _common.save(fig, args.out / "tanh_flow.png")
+    return dict(times=metrics, n_samples=n, bins=bins, sample_nfe=int(sol.nfe))
 
 
 # ----------------------------------------------------- 3 and 5. flow matching, maximum likelihood
-def score(field, test, name, cfg, ev, key) -> dict:
-    """Exact test log-likelihood of ``field``, its gap to the data's exact log-density, samples.
+def score(args, field, test, name) -> dict:
+    """Exact test log-likelihood of ``field`` and its gap to the data's exact log-density.
 
-    gap = mean over the test points of log p_data(x) - log p_model(x): the model's NLL minus the
-    data's exact NLL on the same points, an estimate of KL(p_data || p_model) >= 0, with the
-    standard error of that paired mean (much smaller than the NLL's own, which is dominated by
-    the spread of log p_data). None where the dataset has no closed-form density.
+    gap = mean over the test points of log p_data(x) - log p_model(x) (model NLL minus the data's
+    exact NLL on the same points), an estimate of KL(p_data || p_model) >= 0, with the standard
+    error of that paired mean (far below the NLL's own); None without a closed-form density.
     """
-    (lp, nfe), secs, _ = _common.timed(log_prob, field, test, cfg, **ev)
+    (lp, nfe), secs, _ = _common.timed(log_prob, args, field, test)
     true = _common.known(data.log_prob, name, jnp.asarray(test))
-    d = None if true is None else np.asarray(true, np.float64) - lp
-    n, samples = len(lp), solve.sample_ode(field, jr.normal(key, (2000, 2))).x
+    d, n = None if true is None else np.asarray(true, np.float64) - lp, len(lp)
     return dict(
         test_nll=float(-lp.mean()), test_nll_se=float(lp.std(ddof=1) / math.sqrt(n)),
         entropy=_common.known(data.entropy, name), gap=None if d is None else float(d.mean()),
         gap_se=None if d is None else float(d.std(ddof=1) / math.sqrt(n)), n_test=n, nfe=nfe,
-        eval_seconds=secs, samples=np.asarray(samples),
+        eval_seconds=secs,
     )  # fmt: skip
 
 
 def train_models(args, name, key) -> dict:
     """Flow matching (section 5), then maximum-likelihood fine-tuning of that model (section 3).
 
-    One ``cnf.CNF`` (SiLU MLP) is trained by flow matching on the linear path (t = 0 noise
-    N(0, I), t = 1 data: the CNF's own convention, so the velocity network is the CNF's field),
-    scored, and then trained further by maximum likelihood (``cnf.nll_loss``, RK4 with a fixed
-    number of steps) from its EMA weights. Checkpoints ``fm_<name>.eqx``, ``ml_<name>.eqx``.
+    One ``cnf.CNF`` is trained by flow matching on the linear path (t = 0 noise, t = 1 data: the
+    CNF's own convention, so the velocity network is the CNF's field), then by ``cnf.nll_loss``
+    from its EMA weights. Checkpoints ``fm_<name>.eqx``, ``ml_<name>.eqx``.
     """
-    cfg, ev = args.cfg, args.ev
+    cfg = args.cfg
     model_key, fm_key, ml_key, test_key, val_key, s1, s2, train_key = jr.split(key, 8)
     test = np.asarray(data.sample(name, test_key, cfg["n_test"]))
     # A finite training set (rows drawn with replacement): every dataset then shares one
@@ -255,69 +246,56 @@ def train_models(args, name, key) -> dict:
     runs = {}
     for kind, res, k in (("fm", fm, s1), ("ml", ml, s2)):
         field = paths.as_vector_field(res.ema_model, PATH, "velocity")  # N(0, I) at t = 0
-        s = score(field, test, name, cfg, ev, k)
-        samples = s.pop("samples")
+        s = score(args, field, test, name)
         s |= dict(train_seconds=res.wall_seconds, train_steps=len(res.history["loss"]))
+        samples = np.asarray(solve.sample_ode(field, jr.normal(k, (2000, 2))).x)
         runs[kind] = dict(result=res, field=field, test=test, samples=samples, metrics=s)
     runs["ml"]["metrics"]["final_val_nll_rk4"] = float(ml.history["val_loss"][-1])
     return runs
 
 
-def train_all(args, key) -> dict:
-    """:func:`train_models` for every dataset (keys folded in by position)."""
-    return {
-        ds: train_models(args, ds, jr.fold_in(key, i)) for i, ds in enumerate(args.cfg["datasets"])
-    }
-
-
-def density_figures(runs, cfg, ev, out: Path) -> None:
-    """``ml_cnf.png`` (curves, test data, samples, model and true density) and ``fm_vs_cnf.png``."""
-    lim, names = 4.0, list(runs)
-    dots = dict(lim=lim, s=4, alpha=0.4)
-    pts, _ = _common.cells(lim, cfg["grid"])
-    fig, axes = plt.subplots(len(names), 5, figsize=(14, 2.9 * len(names)), squeeze=False)
-    fig2, axes2 = plt.subplots(len(names), 3, figsize=(8.4, 2.9 * len(names)), squeeze=False)
-    for r, ds in enumerate(names):
-        ml, fm = runs[ds]["ml"], runs[ds]["fm"]
-        s, h, ax = ml["metrics"], ml["result"].history, axes[r, 0]
-        window = max(1, min(50, len(h["loss"]) // 10))
+def density_figures(args, runs) -> None:
+    """``ml_cnf.png``: per dataset the ML NLL curve, test data, FM and ML samples and densities."""
+    lim, names, dots = 4.0, list(runs), dict(lim=4.0, s=4, alpha=0.4)
+    pts, _ = _common.cells(lim, args.cfg["grid"])
+    fig, axes = plt.subplots(len(names), 7, figsize=(19, 2.9 * len(names)), squeeze=False)
+    for ax, ds in zip(axes, names, strict=True):
+        ml = runs[ds]["ml"]
+        s, h = ml["metrics"], ml["result"].history
         smooth = plotting.loss_curve(
-            ax, h, label=f"NLL (rk4-{ML_STEPS})", window=window,
+            ax[0], h, label=f"NLL (rk4-{ML_STEPS})", window=max(1, min(50, len(h["loss"]) // 10)),
             val_label=f"validation NLL (rk4-{ML_STEPS}, EMA)", val_fmt="o-",
         )  # fmt: skip
         if s["entropy"] is not None:
-            ax.axhline(s["entropy"], color="k", ls="--", lw=1, label="true entropy")
-        ax.set_ylim(top=min(ax.get_ylim()[1], smooth[0] + 0.5) if len(smooth) else None)
-        ax.set_title(f"{ds}: ML fine-tuning NLL (nats)", fontsize=9)
-        ax.legend(fontsize=7)
-        plotting.scatter(axes[r, 1], ml["test"], title="test data", **dots)
-        plotting.scatter(axes[r, 2], ml["samples"], color="C1", title="CNF samples", **dots)
-        gap = "" if s["gap"] is None else f", gap {s['gap']:+.3f}"
-        ml_lp, _ = log_prob(ml["field"], pts, cfg, **ev)
-        heat(axes[r, 3], np.exp(ml_lp), lim, f"CNF density (NLL {s['test_nll']:.3f}{gap})")
+            ax[0].axhline(s["entropy"], color="k", ls="--", lw=1, label="true entropy")
+        ax[0].set_ylim(top=min(ax[0].get_ylim()[1], smooth[0] + 0.5) if len(smooth) else None)
+        ax[0].set_title(f"{ds}: ML fine-tuning NLL (nats)", fontsize=9)
+        ax[0].legend(fontsize=7)
+        plotting.scatter(ax[1], ml["test"], title="test data", **dots)
+        for j, (kind, label) in enumerate((("fm", "flow matching"), ("ml", "ML CNF"))):
+            r, gap = runs[ds][kind], runs[ds][kind]["metrics"]["gap"]
+            title = f"{label} (NLL {r['metrics']['test_nll']:.3f}"
+            title += ")" if gap is None else f", gap {gap:+.3f})"
+            plotting.scatter(ax[2 + 2 * j], r["samples"], color=f"C{2 - j}", title=label, **dots)
+            heat(ax[3 + 2 * j], np.exp(log_prob(args, r["field"], pts)[0]), lim, title)
         if (true := _common.known(data.log_prob, ds, jnp.asarray(pts))) is not None:
-            heat(axes[r, 4], np.exp(np.asarray(true)), lim, "true density")
+            heat(ax[6], np.exp(np.asarray(true)), lim, "true density")
         else:
-            axes[r, 4].axis("off")
-            axes[r, 4].set_title("true density unknown", fontsize=9)
-        heat(axes2[r, 0], np.exp(ml_lp), lim, f"{ds}: ML CNF (NLL {s['test_nll']:.3f})")
-        fm_lp, _ = log_prob(fm["field"], pts, cfg, **ev)
-        fm_nll = fm["metrics"]["test_nll"]
-        heat(axes2[r, 1], np.exp(fm_lp), lim, f"flow matching (NLL {fm_nll:.3f})")
-        plotting.scatter(axes2[r, 2], fm["samples"], color="C2", title="FM samples", **dots)
-    _common.save(fig, out / "ml_cnf.png")
-    _common.save(fig2, out / "fm_vs_cnf.png")
+            ax[6].axis("off")
+            ax[6].set_title("true density unknown", fontsize=9)
+    _common.save(fig, args.out / "ml_cnf.png")
 
 
 # ----------------------------------------------------------------------------- 4. solvers
-def solver_study(model, x, cfg, ev, key, out: Path) -> dict:
+def solver_study(args, model, x, key) -> dict:
+    cfg = args.cfg
     ref, ref_nfe = cnf.reference_log_prob(model, x)  # float64, dopri8 at rtol = atol = 1e-12
     sweep = dict(fixed=cfg["solvers"], steps=cfg["fixed_steps"], adaptive=cfg["tol_solvers"])
     rows = cnf.error_vs_nfe(model, x, **sweep, tols=cfg["tols"], reference=ref)
     # Hutchinson against the exact trace at the evaluation settings (same solver and tolerances).
     xh = np.asarray(x[: cfg["n_hutch"]])
-    exact, _ = cnf.log_prob_chunked(model, xh, chunk_size=cfg["chunk"], **ev)
-    kw = dict(repeats=cfg["hutch_reps"], exact=exact, **ev)
+    exact, _ = log_prob(args, model, xh)
+    kw = dict(repeats=cfg["hutch_reps"], exact=exact, **args.ev)
     hutch = [
         cnf.hutchinson_error(model, xh, k, key=jr.fold_in(key, k), **kw) for k in cfg["probes"]
     ]
@@ -332,7 +310,7 @@ def solver_study(model, x, cfg, ev, key, out: Path) -> dict:
     plotting.hutchinson(axes[1], hutch)
     axes[1].set_title("Hutchinson vs exact trace (nats)", fontsize=9)
     axes[1].legend(fontsize=7)
-    _common.save(fig, out / "solver_study.png")
+    _common.save(fig, args.out / "solver_study.png")
     return dict(reference_nfe=ref_nfe, n_points=len(x), rows=rows, hutchinson=hutch)
 
 
@@ -341,68 +319,44 @@ def fmt(v, spec=".3f"):
     return _common.opt(v, spec, none="n/a")
 
 
-def headlines(m: dict) -> list[str]:
-    """Bullet points with the numbers a reader looks for first."""
-    lin, times, sol = m["linear_map"], m["tanh_flow"]["times"], m["solver_study"]
-    out = [
-        f"- Linear map: max |log p error| {lin['max_abs_error']:.1e} "
-        f"({'meets' if lin['passed'] else 'misses'} the 1e-4 float32 target).",
-        f"- tanh(z^3) flow: CNF log-density within "
-        f"{max(r['max_abs_log_error'] for r in times):.1e} of the exact 1D change of variables "
-        f"for t <= 0.5; TV(CNF, exact) <= {max(r['tv_cnf_exact'] for r in times):.0e}, far "
-        f"below the histogram noise floor TV(hist, exact) >= "
-        f"{min(r['tv_hist_exact'] for r in times):.2f}.",
-    ]
-    for ds, r in m["datasets"].items():
-        c, f = r["ml_cnf"], r["flow_matching"]
-        gaps = [f"{k} {fmt(x['test_nll'])}" for k, x in (("ML CNF", c), ("flow matching", f))]
-        if c["gap"] is not None:
-            gaps = [
-                f"{k} gap {x['gap']:+.4f} +- {x['gap_se']:.4f}" for k, x in (("ML", c), ("FM", f))
-            ]
-        out.append(
-            f"- {ds} (n = {c['n_test']} test points): {'; '.join(gaps)} nats "
-            f"(FM {f['train_seconds']:.0f} s training, then ML {c['train_seconds']:.0f} s; "
-            f"{c['nfe']:.0f} NFE/sample)."
-        )
-    for solver in dict.fromkeys(r["solver"] for r in sol["rows"]):
-        ok = [r for r in sol["rows"] if r["solver"] == solver and r["nfe"]]
+def gap(r):
+    return "n/a" if r["gap"] is None else f"{r['gap']:+.4f} +- {r['gap_se']:.4f}"
+
+
+def solver_reach(rows) -> list[str]:
+    """Per solver: the fewest NFE with mean error < 1e-4 nats, and the smallest error reached."""
+    out = []
+    for solver in dict.fromkeys(r["solver"] for r in rows):
+        ok = [r for r in rows if r["solver"] == solver and r["nfe"]]
         best = min((r for r in ok if r["mean_abs_error"] < 1e-4), key=lambda r: r["nfe"], default=0)
-        reach = "never reaches 1e-4 nats mean error in the tested range"
-        if best:
-            reach = f"mean error < 1e-4 nats from {best['nfe']:.0f} NFE "
-            reach += f"({best['mode']}={best['value']})"
+        reach = f"from {best['nfe']:.0f} NFE ({best['mode']}={best['value']})" if best else "never"
         floor = min(r["mean_abs_error"] for r in ok)
-        out.append(f"- {solver}: {reach}; best {floor:.1e} (float32 floor).")
-    h = sol["hutchinson"]
-    stds = ", ".join(f"{x['std']:.3f} ({x['num_probes']} probes)" for x in h)
-    bias = ", ".join(f"{x['bias']:+.4f} +- {fmt(x['bias_se'], '.4f')}" for x in h)
-    why = "unbiased within noise; std ~ 1/sqrt(probes)"
-    out.append(f"- Hutchinson: std per point {stds}; bias {bias} ({why}).")
+        out.append(f"- {solver}: mean error < 1e-4 nats {reach}; smallest {floor:.1e}.")
     return out
 
 
 def summary(m: dict) -> list[str]:
-    lin, tanh, sol, e = m["linear_map"], m["tanh_flow"], m["solver_study"], m["eval"]
-
-    def setting(r):
-        return f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+    lin, tanh, sol, e, cfg = (
+        m[k] for k in ("linear_map", "tanh_flow", "solver_study", "eval", "config")
+    )
 
     def nll(r):
-        gap = "n/a" if r["gap"] is None else f"{r['gap']:+.4f} +- {r['gap_se']:.4f}"
-        nll_se = f"{r['test_nll']:.3f} +- {r['test_nll_se']:.3f}"
-        return f"{nll_se} | {gap} | {r['nfe']:.0f} | {r['train_seconds']:.0f}"
+        nll = f"{r['test_nll']:.3f} +- {r['test_nll_se']:.3f}"
+        return f"{nll} | {gap(r)} | {r['nfe']:.0f} | {r['train_seconds']:.0f}"
+
+    def solver_row(r):
+        setting = f"{r['value']} steps" if r["mode"] == "steps" else f"rtol=atol={r['value']:g}"
+        if r["nfe"] is None:
+            return f"{r['solver']} | {setting} | failed | {r['failed'][:60]} |"
+        errors = f"{r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e}"
+        return f"{r['solver']} | {setting} | {r['nfe']:.0f} | {errors}"
 
     return [
         "# CNF likelihoods (`experiments/cnf_likelihood.py`)",
         "",
-        f"Command: `{m['command']}`; wall time {m['wall_seconds']:.0f} s. Every likelihood is",
-        f"`diffeqgen.cnf.log_prob` ({e['solver']}, rtol {e['rtol']:g}, atol {e['atol']:g}, "
-        f"the default batched RMS error control over chunks of {m['config']['chunk']} points, "
-        "exact trace unless stated).",
-        "",
-        "## Headlines",
-        *headlines(m),
+        f"Command: `{m['command']}`; wall time {m['wall_seconds']:.0f} s. Every likelihood is "
+        f"`diffeqgen.cnf.log_prob` ({e['solver']}, rtol {e['rtol']:g}, atol {e['atol']:g}, batched "
+        f"RMS error control over chunks of {cfg['chunk']} points, exact trace unless stated).",
         "",
         "## 1. Linear map Y = A Z, A = [[3/5, 2/5], [1/5, 4/5]]",
         f"The flow dz/dt = logm(A) z (logm real: max |imag| = {lin['logm_max_imag']:.1e}; "
@@ -411,12 +365,10 @@ def summary(m: dict) -> list[str]:
         f"**{lin['max_abs_error']:.2e}** (target 1e-4, float32; {lin['nfe_per_sample']:.0f} NFE).",
         "",
         "## 2. dz/dt = tanh(z^3) from N(0, I)",
-        "The flow is separable, so each coordinate has an exact 1D change of variables: with phi_t",
-        "the scalar flow, phi_t'(z0) = f(phi_t(z0)) / f(z0) (differentiate d phi/dt = f(phi): the",
-        "log-derivative grows at rate f'(phi) = d/dt log f(phi)), hence log p_t(u) = log N(z0) +",
-        "log|f(z0)| - log|f(u)|, z0 from a float64 backward solve. TV is between normalised",
-        f"{tanh['bins']}x{tanh['bins']} histograms of {tanh['n_samples']} samples and the",
-        "densities on the same cells (the histogram-vs-exact TV is the sampling-noise floor).",
+        "Exact: each coordinate's 1D change of variables, log p_t(u) = log N(z0) + log|f(z0)| - "
+        "log|f(u)| with z0 = phi_t^-1(u) by a float64 backward solve (`exact_tanh_log_density_1d`)."
+        f" TV between normalised {tanh['bins']}x{tanh['bins']} histograms of {tanh['n_samples']} "
+        "samples and the densities on the same cells (hist-vs-exact is the sampling-noise floor).",
         "",
         *_common.table(
             "t | TV(hist, CNF) | TV(hist, exact) | TV(CNF, exact) | max abs log p error | NFE",
@@ -428,54 +380,41 @@ def summary(m: dict) -> list[str]:
         ),
         "",
         "## 3 and 5. Flow matching, then maximum likelihood (test NLL, nats)",
-        f"One `cnf.CNF` (SiLU MLP 3x{m['config']['width']}) per dataset is trained by flow "
-        f"matching on the linear path ({m['config']['fm_steps']} steps, batch 256: the FM "
-        "model, scored through its probability-flow ODE), then fine-tuned from its EMA weights "
-        f"by maximum likelihood (`cnf.nll_loss`, exact trace, RK4 with {ML_STEPS} steps, "
-        f"{m['config']['steps']} steps, batch {m['config']['ml_batch']}; the ML CNF). Gap = "
-        "mean over the n test points of log p_data(x) - log p_model(x) (model NLL minus the "
-        "data's exact NLL on the same points, a KL estimate >= 0 up to noise); +- are standard "
-        "errors.",
+        f"One `cnf.CNF` (SiLU MLP 3x{cfg['width']}) per dataset: flow matching on the linear path "
+        f"({cfg['fm_steps']} steps, batch 256; the FM model, scored through its probability-flow "
+        f"ODE), then from its EMA weights `cnf.nll_loss` (exact trace, RK4 {ML_STEPS} steps; "
+        f"{cfg['steps']} steps, batch {cfg['ml_batch']}; the ML CNF). Gap = mean of log p_data(x) "
+        "- log p_model(x) over the test points (a KL estimate >= 0 up to noise), +- std. error.",
         "",
         *_common.table(
             "dataset | n | entropy | FM NLL | FM gap | NFE | train s | ML NLL | ML gap | NFE | "
             "train s",
             [
-                f"{ds} | {c['n_test']} | {fmt(c['entropy'])} | {nll(f)} | {nll(c)}"
-                for ds, c, f in (
-                    (d, r["ml_cnf"], r["flow_matching"]) for d, r in m["datasets"].items()
-                )
+                f"{ds} | {r['ml_cnf']['n_test']} | {fmt(r['ml_cnf']['entropy'])} | "
+                f"{nll(r['flow_matching'])} | {nll(r['ml_cnf'])}"
+                for ds, r in m["datasets"].items()
             ],
         ),
         "",
         f"## 4. Solver study ({m['solver_study_dataset']} ML CNF, {sol['n_points']} test points)",
-        f"Error of float32 log-likelihoods against a float64 reference (dopri8, rtol 1e-12, "
+        "Error of float32 log-likelihoods against a float64 reference (dopri8, rtol 1e-12, "
         f"{sol['reference_nfe']:.0f} NFE).",
         "",
-        *_common.table(
-            "solver | setting | NFE | mean abs error | max abs error",
-            [
-                f"{r['solver']} | {setting(r)} | failed | {r['failed'][:60]} |"
-                if r["nfe"] is None
-                else f"{r['solver']} | {setting(r)} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | "
-                f"{r['max_abs_error']:.2e}"
-                for r in sol["rows"]
-            ],
-        ),
-        "",
-        "Hutchinson (Rademacher probes, fixed per solve) against the exact trace:",
+        *solver_reach(sol["rows"]),
         "",
         *_common.table(
-            "probes | bias (nats) | bias s.e. | std per point",
-            [
-                f"{h['num_probes']} | {h['bias']:+.4f} | {fmt(h['bias_se'], '.4f')} | "
-                f"{h['std']:.4f}"
-                for h in sol["hutchinson"]
-            ],
+            "solver | setting | NFE | mean abs error | max abs error", map(solver_row, sol["rows"])
         ),
         "",
-        "Figures: linear_map.png, tanh_hist_t05.png, tanh_flow.png, ml_cnf.png, "
-        "solver_study.png, fm_vs_cnf.png.",
+        "Hutchinson (Rademacher probes, fixed per solve) against the exact trace: per number of "
+        "probes, the std per point and the bias (nats, +- s.e.): "
+        + "; ".join(
+            f"{h['num_probes']}: {h['std']:.3f}, {h['bias']:+.4f} +- {fmt(h['bias_se'], '.4f')}"
+            for h in sol["hutchinson"]
+        )
+        + ".",
+        "",
+        "Figures: linear_map.png, tanh_flow.png, ml_cnf.png, solver_study.png.",
     ]
 
 
@@ -483,38 +422,38 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg, out, t_start = args.cfg, args.out, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ev = args.ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)
     keys = dict(zip(("tanh", "models", "hutch"), jr.split(jr.key(args.seed), 3), strict=True))
-    m = dict(command=_common.command(argv), quick=args.quick, seed=args.seed, eval=ev, config=cfg)
+    m = dict(
+        command=_common.command(argv), quick=args.quick, seed=args.seed, eval=args.ev, config=cfg
+    )
     stage = _common.Stages("cnf_likelihood", 5, m.setdefault("timings", {}))
-    m["linear_map"] = stage("linear_map", linear_map, cfg, ev, out)
-    m["tanh_flow"] = stage("tanh_flow", tanh_flow, cfg, ev, keys["tanh"], out)
-    runs = stage("fm_and_ml_cnf", train_all, args, keys["models"])
-    first = m["solver_study_dataset"] = cfg["datasets"][0]
-    ml = runs[first]["ml"]
+    m["linear_map"] = stage("linear_map", linear_map, args)
+    m["tanh_flow"] = stage("tanh_flow", tanh_flow, args, keys["tanh"])
+    datasets = enumerate(cfg["datasets"])  # each trains with the models key folded in by position
+    runs = stage(
+        "fm_and_ml_cnf",
+        lambda: {d: train_models(args, d, jr.fold_in(keys["models"], i)) for i, d in datasets},
+    )
+    ml = runs[m.setdefault("solver_study_dataset", cfg["datasets"][0])]["ml"]
     x_solver = ml["test"][: cfg["n_solver"]]
     m["solver_study"] = stage(
-        "solver_study", solver_study, ml["field"], x_solver, cfg, ev, keys["hutch"], out
+        "solver_study", solver_study, args, ml["field"], x_solver, keys["hutch"]
     )
-    stage("density_figures", density_figures, runs, cfg, ev, out)
+    stage("density_figures", density_figures, args, runs)
     stage.close()
     m["datasets"] = {
         ds: dict(ml_cnf=r["ml"]["metrics"], flow_matching=r["fm"]["metrics"])
         for ds, r in runs.items()
     }
-    m["timings"] |= {
-        f"{kind}_{part}_{ds}": r[kind]["metrics"][f"{part}_seconds"]
-        for ds, r in runs.items()
-        for kind in ("fm", "ml")
-        for part in ("train", "eval")
-    }
     m["wall_seconds"] = time.perf_counter() - t_start
     lines = summary(m)
     _common.write_report(out, m, lines)
-    text = "\n".join(lines)
-    print(text[text.index("## Headlines") : text.index("## 1.")])
-    print(text[text.index("## 3 and 5.") : text.index("## 4.")])
-    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in m["timings"].items()))
+    print(
+        "\n".join(
+            lines[: lines.index("| solver | setting | NFE | mean abs error | max abs error |")]
+        )
+    )
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["timings"].items()))
     print(f"wrote {out}/ in {m['wall_seconds']:.0f} s")
     return m
 

@@ -10,10 +10,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "cnf_likelihood.p
 FILES = (
     "linear_map.png",
     "tanh_flow.png",
-    "tanh_hist_t05.png",
     "ml_cnf.png",
     "solver_study.png",
-    "fm_vs_cnf.png",
     "metrics.json",
     "summary.md",
 )
@@ -74,7 +72,7 @@ def check_quality(m):
     [
         (["--datasets", "8gaussians,nope"], "unknown dataset"),
         (["--solver", "nope"], "--solver"),
-        (["--solver", "euler"], "non-adaptive"),
+        (["--solver", "euler"], "unknown adaptive solver"),
         (["--rtol", "0"], "--rtol"),
         (["--atol", "-1"], "--atol"),
         (["--steps", "0"], "--steps"),
