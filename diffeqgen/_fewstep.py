@@ -1,7 +1,8 @@
 """Few-step samplers for Gaussian paths: DPM-Solver++ (1, 2M, 3M, 2S), UniPC (bh2), EDM Heun.
 
 Reached through ``diffeqgen.solve.sample_ode(field, x0, solver=<name or object>, steps=N,
-grid=<name>)``. ``field`` is a probability-flow velocity on a Gaussian path
+grid=<name>)``, or ``grid=<times>`` (e.g. fitted to the field by ``optimize_grid``).
+``field`` is a probability-flow velocity on a Gaussian path
 x_t = alpha(t) x1 + sigma(t) eps (t = 0 noise, t = 1 data), normally
 ``paths.as_vector_field(model, path, kind)`` for a model of any kind, or
 ``groundtruth.velocity_field(mixture, path)``. These samplers integrate the same ODE as the
