@@ -19,7 +19,9 @@ The target is the 2D Gaussian mixture ``data.mixture("mixture")`` carried along 
    float64 dopri8 solution at tolerance 1e-12 from the same noise) against NFE from 1 to 1000,
    and the smallest NFE at which each reaches the trajectory error of Euler with 1000 steps
    (the headline; goal <= 20 NFE). Each few-step sampler runs on the uniform-in-t grid at every
-   NFE and on its own default grid (log-SNR; Karras for EDM Heun) at a few NFE.
+   NFE and on its own default grid (log-SNR; Karras for EDM Heun) at a few NFE; UniPC also on
+   grids fitted to the field by ``solve.optimize_grid`` (a pilot batch of noise drawn apart from
+   the evaluation noise; the fit's cost is reported beside, not in, the NFE).
 5. **Distribution error** of the few-step samples: the moment error as in 3, at n = 100000
    samples (its Monte Carlo floor is then ~0.005, where at n = 2000 W2 cannot rank samplers).
 
