@@ -19,7 +19,9 @@ The target is the 2D Gaussian mixture ``data.mixture("mixture")`` carried along 
    float64 dopri8 solution at tolerance 1e-12 from the same noise) against NFE from 1 to 1000,
    and the smallest NFE at which each reaches the trajectory error of Euler with 1000 steps
    (the headline; goal <= 20 NFE). Each few-step sampler runs on the uniform-in-t grid at every
-   NFE and on its own default grid (log-SNR; Karras for EDM Heun) at a few NFE.
+   NFE and on its own default grid (log-SNR; Karras for EDM Heun) at a few NFE; UniPC also on
+   grids fitted to the field by ``solve.optimize_grid`` (a pilot batch of noise drawn apart from
+   the evaluation noise; the fit's cost is reported beside, not in, the NFE).
 5. **Distribution error** of the few-step samples: the moment error as in 3, at n = 100000
    samples (its Monte Carlo floor is then ~0.005, where at n = 2000 W2 cannot rank samplers).
 
@@ -156,6 +158,35 @@ STAGES = dict(euler=1, midpoint=2, heun=2, ralston=2, rk4=4, bosh3=3, tsit5=6, d
 FEWSTEP = list(solve.FEWSTEP_SAMPLERS)
 TWO_EVAL = {"dpm++2s", "edm_heun"}
 FEW_PATHS = ["linear", "vp"]
+# samplers also run on a grid fitted to the field by solve.optimize_grid (pilot noise drawn apart
+# from the evaluation noise), starting from the uniform grid (the start barely matters: UniPC-20
+# from the quadratic grid reached 1.4e-3 linear, from uniform 1.3e-3; VP 1.7e-3 from either)
+FITTED = ["unipc"]
+FIT_START = "uniform"
+
+
+def fitted_study(field, x0, ref, pilot, targets, iters, start):
+    """UniPC on grids fitted by ``solve.optimize_grid`` on ``pilot`` (not ``x0``), per NFE.
+
+    The error is measured as for every other row (same noise ``x0``, same reference); the
+    fit's own cost (reference and ``iters`` sampler runs with their gradients on the pilot)
+    is recorded apart in ``fit``.
+    """
+    rows = []
+    for name in FITTED:
+        for target in targets:
+            steps = _steps_for(name, target)
+            t = time.perf_counter()
+            ts, info = solve.optimize_grid(field, pilot, solver=name, steps=steps, init=start,
+                                           iters=iters)  # fmt: skip
+            sol = solve.sample_ode(field, x0, solver=name, grid=ts)
+            rows.append(
+                dict(solver=name, grid="fitted", steps=steps, nfe=int(sol.nfe),
+                     rms_err=_rms(sol.x, ref), kind="fewstep", start=start,
+                     fit=dict(info, seconds=time.perf_counter() - t),
+                     ts=[round(float(v), 6) for v in ts])
+            )  # fmt: skip
+    return rows
 
 
 def _rms(a, b):
@@ -177,8 +208,12 @@ def _default_grid(name):
     return "karras" if name == "edm_heun" else "logsnr"
 
 
-def trajectory_study(mixture, path_name, x0, nfe_targets, sparse_targets, generic_steps, generic):
-    """Endpoint RMS error against the float64 dopri8 reference (tol 1e-12), every solver."""
+def trajectory_study(mixture, path_name, x0, nfe_targets, sparse_targets, generic_steps, generic,
+                     fit):  # fmt: skip
+    """Endpoint RMS error against the float64 dopri8 reference (tol 1e-12), every solver.
+
+    ``fit``: (pilot noise, NFE targets per field, iterations) of the fitted-grid rows.
+    """
     path = paths.get_path(path_name)
     field = groundtruth.velocity_field(mixture, path)
     ref = solve.sample_ode(field, x0, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
@@ -203,7 +238,8 @@ def trajectory_study(mixture, path_name, x0, nfe_targets, sparse_targets, generi
                     dict(solver=name, grid=grid, steps=steps, nfe=int(sol.nfe),
                          rms_err=_rms(sol.x, ref), kind="fewstep")
                 )  # fmt: skip
-    return rows
+    pilot, fit_targets, iters = fit
+    return rows + fitted_study(field, x0, ref, pilot, fit_targets[path_name], iters, FIT_START)
 
 
 def headline(rows):
@@ -289,14 +325,15 @@ def likelihood_vs_nfe(field, x, exact, steps_list, solvers, floor_tol=1e-8):
     return rows
 
 
-def trained_study(mixture, key, quick, n, nfe_targets):
+def trained_study(mixture, key, quick, n, nfe_targets, fitting):
     """One trained 2D model against its own float64 dopri8 reference (tolerance 1e-12).
 
     A flow-matching MLP (velocity, linear path) trained here in float64 on the same mixture;
     the few-step samplers read its data prediction through the exact conversion
     (``paths.as_vector_field(model, path, "velocity")``). Trajectory error against NFE for
-    Euler, RK4 and every few-step sampler (uniform grid), and the likelihood error of
-    ``cnf.log_prob`` with fixed steps against the model's own dopri5 log-density (tol 1e-10).
+    Euler, RK4 and every few-step sampler (uniform grid; UniPC also on fitted grids), and
+    the likelihood error of ``cnf.log_prob`` with fixed steps against the model's own dopri5
+    log-density (tol 1e-10).
     """
     k_data, k_model, k_fit, k_x0, k_eval = jr.split(key, 5)
     path = paths.get_path("linear")
@@ -325,6 +362,8 @@ def trained_study(mixture, key, quick, n, nfe_targets):
             sol = solve.sample_ode(field, x0, solver=name, steps=k, grid="uniform")
             rows.append(dict(solver=name, grid="uniform", steps=k, nfe=int(sol.nfe),
                              rms_err=_rms(sol.x, ref), kind="fewstep"))  # fmt: skip
+    pilot, fit_targets, iters = fitting
+    rows += fitted_study(field, x0, ref, pilot, fit_targets["trained"], iters, FIT_START)
     target, best = headline(rows)
     x_eval = jnp.asarray(mixture.sample(k_eval, max(64, n // 4)), jnp.float64)
     own, _ = cnf.log_prob(field, x_eval, solver="dopri5", rtol=1e-10, atol=1e-10, max_steps=100_000)
@@ -347,7 +386,7 @@ def plot_fewstep(few, trained, file):
                       lw=1, color="0.6" if name != "euler" else "k", label=None)  # fmt: skip
         for name in FEWSTEP:
             for grid, style in (("uniform", "o-"), (_default_grid(name), "x--"),
-                                ("quadratic", "+:")):  # fmt: skip
+                                ("quadratic", "+:"), ("fitted", "s-")):  # fmt: skip
                 r = [q for q in rows if q["solver"] == name and q["grid"] == grid
                      and q["kind"] == "fewstep"]  # fmt: skip
                 ax.loglog([q["nfe"] for q in r], [max(q["rms_err"], 1e-16) for q in r], style,
@@ -380,6 +419,37 @@ def plot_fewstep(few, trained, file):
     plt.close(fig)
 
 
+def fitted_summary(trajectories):
+    """The fitted-grid rows: held-out error beside the fit's pilot error and cost."""
+    rows = [(k, r) for k, rs in trajectories.items() for r in rs if r["grid"] == "fitted"]
+    if not rows:
+        return []
+    fit = rows[0][1]["fit"]
+    lines = [
+        "",
+        "### Grids fitted to the field (`solve.optimize_grid`)",
+        "",
+        f"UniPC on a grid fitted by Adam ({fit['iters']} iterations) to a pilot batch of "
+        f"{fit['n_pilot']} noise samples drawn apart from the evaluation noise, against the "
+        "pilot's own dopri8 reference (tolerance 1e-10), from the named grid in `start`; "
+        "`error` is measured as every other row (same evaluation noise and reference). NFE is "
+        "that of sampling; the fit costs, per pilot sample, the reference's evaluations plus "
+        "`iters` sampler runs, each with its vector-Jacobian product (`pilot cost`).",
+        "",
+        "| field | NFE | start | error | pilot error | pilot cost (evals + VJPs) | fit s | grid |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in rows:
+        f = r["fit"]
+        evals = f["reference_nfe"] + f["iters"] * f["sampler_nfe"]
+        cost = f"{evals} + {f['iters']}x{f['sampler_nfe']}"
+        lines.append(
+            f"| {key} | {r['nfe']} | {r['start']} | {r['rms_err']:.2e} | {f['pilot_error']:.2e} "
+            f"| {cost} | {f['seconds']:.0f} | {', '.join(f'{v:.3f}' for v in r['ts'])} |"
+        )
+    return lines
+
+
 def fewstep_summary(few, n_traj, n_dist):
     lines = [
         "",
@@ -407,6 +477,7 @@ def fewstep_summary(few, n_traj, n_dist):
         + " | ".join(f"{res['euler1000']:.2e}" for res in few.values())
         + " |"
     )
+    lines += fitted_summary({**{k: v["trajectory"] for k, v in few.items()}})
     for path_name, res in few.items():
         lines += [
             "",
@@ -447,12 +518,14 @@ def trained_summary(trained, few):
         "RMS endpoint distance to its own dopri8 solution at tolerance 1e-12, same noise. "
         f"Euler-1000 error: {trained['euler1000']:.2e}.",
         "",
-        "| solver | NFE | RMS error |",
-        "|---|---|---|",
+        "| solver | grid | NFE | RMS error |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {r['solver']} | {r['nfe']} | {r['rms_err']:.2e} |" for r in trained["trajectory"]]
+    lines += [f"| {r['solver']} | {r['grid']} | {r['nfe']} | {r['rms_err']:.2e} |"
+              for r in trained["trajectory"]]  # fmt: skip
     lines += ["", "Smallest measured NFE reaching the model's Euler-1000 error:", ""]
     lines += [f"- {k}: {'-' if v is None else v}" for k, v in trained["headline"].items()]
+    lines += fitted_summary({"trained": trained["trajectory"]})
     lines += [
         "",
         "## Log-likelihood error against NFE (cnf.log_prob, fixed steps)",
@@ -615,21 +688,30 @@ def fewstep(args, n, keys, mixture):
     _, k_noise, k_sde = keys
     if args.quick:  # one point per sampler: exercises every code path
         nfe_targets, sparse, generic_steps = [6], [], [1000]
-        generic, n_dist, dist_nfe = ["euler"], 2000, [6]
+        generic, n_dist, dist_nfe = ["euler"], 512, [6]
         lik_steps, lik_solvers = [4], ["euler"]
+        # one grid fit (on VP): the code path, at a compile cost that keeps --quick under a
+        # minute (so does n_dist: each chunk of the distribution study is one more call)
+        fit_nfe, n_pilot, fit_iters = dict(linear=[], vp=[6], trained=[]), n, 5
     else:
         nfe_targets = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100, 1000]
         sparse, generic_steps = [10, 20], [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
         generic, n_dist, dist_nfe = FIXED_SOLVERS, 100_000, [10]
         lik_steps, lik_solvers = [2, 4, 8, 16, 32, 64, 128, 256, 1000], ["euler", "midpoint", "rk4"]
+        fit_nfe, n_pilot, fit_iters = (
+            dict.fromkeys(("linear", "vp", "trained"), [10, 15, 20]),
+            1024,
+            300,
+        )
     name = "solver_accuracy_fewstep_quick" if args.quick else "solver_accuracy_fewstep"
     start = time.perf_counter()
     few = {}
     x0_traj = jr.normal(jr.fold_in(k_noise, 1), (n, 2))
+    fit = (jr.normal(jr.fold_in(k_noise, 2), (n_pilot, 2)), fit_nfe, fit_iters)  # pilot noise
     for i, path_name in enumerate(FEW_PATHS):
         t = time.perf_counter()
         traj = trajectory_study(
-            mixture, path_name, x0_traj, nfe_targets, sparse, generic_steps, generic
+            mixture, path_name, x0_traj, nfe_targets, sparse, generic_steps, generic, fit
         )
         target, best = headline(traj)
         dist, dist_floor = distribution_study(
@@ -648,7 +730,7 @@ def fewstep(args, n, keys, mixture):
     t = time.perf_counter()
     trained = trained_study(
         mixture, jr.fold_in(k_sde, 300), args.quick, n,
-        [6] if args.quick else [4, 6, 8, 10, 15, 20, 30, 50, 100],
+        [6] if args.quick else [4, 6, 8, 10, 15, 20, 30, 50, 100], fit,
     )  # fmt: skip
     print(f"few-step, trained model: {time.perf_counter() - t:.0f} s", flush=True)
     seconds = time.perf_counter() - start

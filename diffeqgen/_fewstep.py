@@ -1,7 +1,8 @@
 """Few-step samplers for Gaussian paths: DPM-Solver++ (1, 2M, 3M, 2S), UniPC (bh2), EDM Heun.
 
 Reached through ``diffeqgen.solve.sample_ode(field, x0, solver=<name or object>, steps=N,
-grid=<name>)``. ``field`` is a probability-flow velocity on a Gaussian path
+grid=<name>)``, or ``grid=<times>`` (e.g. fitted to the field by ``optimize_grid``).
+``field`` is a probability-flow velocity on a Gaussian path
 x_t = alpha(t) x1 + sigma(t) eps (t = 0 noise, t = 1 data), normally
 ``paths.as_vector_field(model, path, kind)`` for a model of any kind, or
 ``groundtruth.velocity_field(mixture, path)``. These samplers integrate the same ODE as the
@@ -33,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 
-from ._checks import check_choice, check_int, check_nonnegative
+from ._checks import check_choice, check_int, check_nonnegative, check_positive
 from ._conditioning import batched, pack
 from ._failures import all_finite, concrete, report
 from ._gaussian_paths import _VANISH_RTOL, GaussianPath, _coef
@@ -51,6 +53,7 @@ __all__ = [
     "UniPC",
     "EDMHeun",
     "time_grid",
+    "optimize_grid",
     "get_sampler",
     "is_fewstep",
     "sample_fewstep",
@@ -253,7 +256,11 @@ def _t_of_lam(path, lam, lo, hi):
         return jnp.where(up, mid, a), jnp.where(up, b, mid)
 
     a, b = jax.lax.fori_loop(0, iters, body, (lo, hi))
-    return 0.5 * (a + b)
+    t = jax.lax.stop_gradient(0.5 * (a + b))
+    # implicit derivative dt/dlambda = 1 / lambda'(t) (exact at the root; bisection has none)
+    _, slope = jax.jvp(lambda u: _lam(path, u), (t,), (jnp.ones_like(t),))
+    slope = jax.lax.stop_gradient(slope)
+    return t + (lam - jax.lax.stop_gradient(lam)) / jnp.where(slope > 0, slope, 1.0)
 
 
 def time_grid(
@@ -394,8 +401,8 @@ def _multistep_table(sampler, path, ts, first_deg, last_deg):
     lam_prev2 = jnp.concatenate([lam[:2], lam[:-3]])[:n]
     o2, o3 = orders >= 2, orders >= 3
     hs = _safe(h, o2)
-    r0 = _safe((lam[:-1] - lam_prev) / hs, o2)
-    r1 = _safe((lam_prev - lam_prev2) / hs, o3)
+    r0 = _safe(lam[:-1] - lam_prev, o2) / hs  # (masked before dividing: finite gradients)
+    r1 = _safe(lam_prev - lam_prev2, o3) / hs
     zero = jnp.zeros_like(h)
     if isinstance(sampler, DPMSolverPP):
         # order 1: DDIM; order 2 (2M): D_k + (D_k - D_{k-1}) / (2 r0)
@@ -585,6 +592,69 @@ def _concrete_time(name, t):
     return float(c)
 
 
+def _resolve(vector_field, label, path, t0, t1):
+    """The field's Gaussian path and the concrete times t0 < t1 of a few-step sampler."""
+    if path is None:
+        path = getattr(vector_field, "path", None)
+    if not isinstance(path, GaussianPath):
+        raise ValueError(
+            f"solver {label!r} needs the Gaussian path of the model: pass path=<GaussianPath>, "
+            "or a field that carries it (paths.as_vector_field(model, path, kind), "
+            f"groundtruth.velocity_field(mixture, path)); got path={path!r}"
+        )
+    c0, c1 = _concrete_time("t0", t0), _concrete_time("t1", t1)
+    if not c1 > c0:
+        raise ValueError(
+            f"few-step samplers integrate from noise to data: need t1 > t0, got t0={c0}, t1={c1}"
+        )
+    return path, c0, c1
+
+
+def _check_grid_array(grid, c0, c1):
+    """A given grid: a concrete 1-d array of times, strictly increasing from t0 to t1."""
+    c = _concrete(grid)
+    if c is None:
+        raise ValueError(
+            "grid must be concrete (the sampler's orders and endpoint steps depend on it): pass "
+            "a NumPy or JAX array built outside jit, got a traced value"
+        )
+    c = np.array(c, dtype=np.float64)  # a copy
+    if c.ndim != 1 or c.shape[0] < 2 or not np.all(np.isfinite(c)):
+        raise ValueError(
+            f"grid must be a name in {GRIDS} or a 1-d array of at least 2 finite times, got "
+            f"shape {c.shape}"
+        )
+    if not np.all(np.diff(c) > 0):
+        raise ValueError(f"grid must be strictly increasing (noise to data), got {c.tolist()}")
+    if not (np.isclose(c[0], c0, rtol=0, atol=1e-6) and np.isclose(c[-1], c1, rtol=0, atol=1e-6)):
+        raise ValueError(
+            f"grid must run from t0 = {c0:g} to t1 = {c1:g}, got {c[0]:g} ... {c[-1]:g}"
+        )
+    return c
+
+
+def _grid_and_steps(sampler, label, grid, steps, c0, c1):
+    """(grid name or None, given times or None, number of steps) from ``grid`` and ``steps``."""
+    if grid is not None and not isinstance(grid, str):
+        c = _check_grid_array(grid, c0, c1)
+        n = c.shape[0] - 1
+        if steps is not None and check_int("steps", steps) != n:
+            raise ValueError(
+                f"steps={steps} does not match the given grid of {c.shape[0]} times ({n} steps);"
+                " pass steps=None or the grid's number of intervals"
+            )
+        c[0], c[-1] = c0, c1
+        return None, jnp.asarray(c, dtype=jnp.result_type(float)), n
+    if steps is None:
+        raise ValueError(
+            f"solver {label!r} is a few-step sampler on a fixed grid: pass steps=<int> (the "
+            "number of grid intervals) or a grid of times (grid=<1-d array>)"
+        )
+    steps = check_int("steps", steps)
+    grid = sampler.default_grid if grid is None else check_choice("grid", grid, GRIDS)
+    return grid, None, steps
+
+
 def sample_fewstep(
     vector_field,
     x0,
@@ -608,28 +678,10 @@ def sample_fewstep(
     """
     sampler = get_sampler(solver)
     label = solver if isinstance(solver, str) else type(solver).__name__
-    if steps is None:
-        raise ValueError(
-            f"solver {label!r} is a few-step sampler on a fixed grid: pass steps=<int> (the "
-            "number of grid intervals)"
-        )
-    steps = check_int("steps", steps)
     if saveat is not None:
         raise ValueError(f"saveat is not supported by the few-step sampler {label!r}")
-    if path is None:
-        path = getattr(vector_field, "path", None)
-    if not isinstance(path, GaussianPath):
-        raise ValueError(
-            f"solver {label!r} needs the Gaussian path of the model: pass path=<GaussianPath>, "
-            "or a field that carries it (paths.as_vector_field(model, path, kind), "
-            f"groundtruth.velocity_field(mixture, path)); got path={path!r}"
-        )
-    grid = sampler.default_grid if grid is None else check_choice("grid", grid, GRIDS)
-    c0, c1 = _concrete_time("t0", t0), _concrete_time("t1", t1)
-    if not c1 > c0:
-        raise ValueError(
-            f"few-step samplers integrate from noise to data: need t1 > t0, got t0={c0}, t1={c1}"
-        )
+    path, c0, c1 = _resolve(vector_field, label, path, t0, t1)
+    grid, ts_given, steps = _grid_and_steps(sampler, label, grid, steps, c0, c1)
     churn = isinstance(sampler, EDMHeun) and sampler.churn > 0
     if churn and key is None:
         raise ValueError("EDMHeun with churn > 0 needs key=<PRNG key> for the added noise")
@@ -644,10 +696,11 @@ def sample_fewstep(
     first_deg = _degenerate(path, c0, "alpha")
     last_deg = _degenerate(path, c1, "sigma")
     x, nfe = _run(sampler, den, path, x, args, key if churn else None, c0, c1, steps, grid,
-                  first_deg, last_deg)  # fmt: skip
+                  first_deg, last_deg, ts_given)  # fmt: skip
     ok = all_finite(x)
+    where = "a given" if grid is None else f"the {grid!r}"
     hint = (
-        f"The few-step sampler {label!r} ran {steps} steps on the {grid!r} grid from t = {c0:g} "
+        f"The few-step sampler {label!r} ran {steps} steps on {where} grid from t = {c0:g} "
         f"to {c1:g}; check the model for NaN/inf near the ends of the path"
     )
     x = report(
@@ -689,9 +742,16 @@ def _nfe(sampler, steps, first_deg, last_deg):
 
 
 @eqx.filter_jit
-def _run(sampler, den, path, x, args, key, c0, c1, steps, grid, first_deg, last_deg):
-    """Grid, coefficients and the sampler's scan, compiled together (static configuration)."""
-    ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
+def _run(sampler, den, path, x, args, key, c0, c1, steps, grid, first_deg, last_deg, ts=None):
+    """Grid, coefficients and the sampler's scan, compiled together (static configuration).
+
+    ``ts``: a given grid (an array, traced: one compilation for every grid of that length),
+    else the named ``grid``.
+    """
+    if ts is None:
+        ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
+    else:
+        ts = ts.astype(x.dtype)
     nfe = _nfe(sampler, steps, first_deg, last_deg)
     if _is_multistep(sampler):
         table = _multistep_table(sampler, path, ts, first_deg, last_deg)
@@ -722,7 +782,7 @@ def _single_coefficients(sampler, path, ts, first_deg, last_deg, steps):
     if isinstance(sampler, DPMSolverPP):  # 2S with r = 1/2
         h = _safe(lam[1:] - lam[:-1], ok)
         lam_mid = _safe(lam[:-1], ok, 0.0) + 0.5 * h
-        tmid = jax.lax.stop_gradient(_t_of_lam(path, lam_mid, lo, hi))
+        tmid = _t_of_lam(path, lam_mid, lo, hi)
         a_m, s_m = _coef(path.alpha, tmid), _coef(path.sigma, tmid)
         coef["tmid"] = tmid
         coef["mid"] = dict(
@@ -740,7 +800,7 @@ def _single_coefficients(sampler, path, ts, first_deg, last_deg, steps):
         rho_hat = rho[:-1] * (1.0 + gamma)
         lam_hat = -jnp.log(_safe(rho_hat, ok))
         use = ok & in_window & (lam_hat >= _lam(path, lo))
-        t_hat = jax.lax.stop_gradient(_t_of_lam(path, _safe(lam_hat, use, 0.0), lo, hi))
+        t_hat = _t_of_lam(path, _safe(lam_hat, use, 0.0), lo, hi)
         t_hat = jnp.where(use, t_hat, ts[:-1])
         a_h, s_h = _coef(path.alpha, t_hat), _coef(path.sigma, t_hat)
         rho_h = s_h / _safe(a_h, use)
@@ -761,3 +821,158 @@ def _single_coefficients(sampler, path, ts, first_deg, last_deg, steps):
         d1=-0.5 * a_t * (1.0 - rho_ratio),
     )
     return coef
+
+
+# --------------------------------------------------------------------- optimised time grid
+
+
+def optimize_grid(
+    vector_field: Any,
+    x0: Any,
+    *,
+    solver: Any = "unipc",
+    steps: Any = None,
+    init: Any = None,
+    iters: int = 300,
+    learning_rate: float = 0.05,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    path: Any = None,
+    args: Any = None,
+    cond: Any = None,
+    tol: float | None = None,
+) -> tuple[jax.Array, dict]:
+    """A time grid fitted to a field: the steps that minimise a pilot batch's endpoint error.
+
+    Learned time steps as in LD3 (Tong et al. 2025, "Learning to Discretize Denoising Diffusion
+    ODEs"), with its plain loss: the pilot noise ``x0`` is carried to t1 by a float64-grade
+    reference (``sample_ode(solver="dopri8", per_sample=True)`` at tolerance ``tol``) and by the
+    few-step ``solver`` on a grid of ``steps`` intervals, and the grid is optimised by Adam
+    on log(mean squared endpoint distance), differentiating through the sampler. The grid is
+    parametrised by its interval lengths (a softmax, each at least ``1e-3 / steps`` of
+    t1 - t0); the best grid met is returned. Use it as ``sample_ode(..., solver=solver,
+    grid=ts)`` (same t0, t1) on fresh noise: the pilot should be several hundred samples
+    (the endpoint errors are heavy-tailed near the boundaries between modes, and a small
+    pilot fits its own few worst trajectories).
+
+    Cost, all before sampling: the reference solve and ``iters`` runs of the sampler on the
+    pilot batch, each with its vector-Jacobian product (reported in ``info``). The NFE of the
+    sampling itself is that of ``solver`` on any grid of ``steps`` intervals.
+
+    Args:
+        vector_field: as for ``sample_ode`` with a few-step sampler (a field on a Gaussian
+            path, ``f(t, x, args)`` on one sample).
+        x0: pilot noise ``(n, *event)`` at t0, drawn like the noise to be sampled from.
+        solver: a name in ``FEWSTEP_SAMPLERS`` or a deterministic ``FewStepSampler``.
+        steps: number of grid intervals (taken from ``init`` when that is an array).
+        init: starting grid, a name in ``GRIDS`` (default: the sampler's own) or an array of
+            times.
+        iters: Adam iterations.
+        learning_rate: Adam step size on the log interval lengths.
+        t0: start (noise side).
+        t1: end (data side), > t0.
+        path: the field's ``GaussianPath`` (default ``vector_field.path``).
+        args: shared field arguments, as for ``sample_ode``.
+        cond: per-sample condition (leading axis n), as for ``sample_ode``.
+        tol: rtol = atol of the reference (default 1e-10 in float64, 1e-6 in float32).
+
+    Returns:
+        ``(ts, info)``: the times ``(steps + 1,)`` from t0 to t1, and a dict with
+        ``pilot_error`` and ``initial_error`` (RMS endpoint distance to the reference on the
+        pilot batch with the fitted and the starting grid), ``n_pilot``, ``reference_nfe``
+        (per pilot sample, max over samples), ``iters`` and ``sampler_nfe`` (per sample per
+        iteration; the pilot cost per pilot sample is
+        ``reference_nfe + iters * sampler_nfe`` evaluations and as many vector-Jacobian
+        products).
+
+    Raises:
+        ValueError: bad names, sizes, times, a stochastic sampler, or a pilot whose error is
+            not finite.
+    """
+    from .solve import sample_ode  # (solve imports this module)
+
+    sampler = get_sampler(solver)
+    label = solver if isinstance(solver, str) else type(solver).__name__
+    if isinstance(sampler, EDMHeun) and sampler.churn > 0:
+        raise ValueError(
+            f"solver {label!r} is stochastic (churn > 0): its endpoints have no grid to fit"
+        )
+    iters = check_int("iters", iters)
+    learning_rate = float(check_positive("learning_rate", learning_rate))
+    path, c0, c1 = _resolve(vector_field, label, path, t0, t1)
+    grid, ts, steps = _grid_and_steps(sampler, label, init, steps, c0, c1)
+    x = _check_x0(x0)
+    packed = pack(args, cond, x.shape[0], "optimize_grid")
+    _check_output("vector_field", vector_field, c0, x, packed)
+    if ts is None:
+        ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
+    ts = ts.astype(x.dtype)
+    if tol is None:
+        tol = 1e-10 if x.dtype == jnp.float64 else 1e-6
+    tol = float(check_positive("tol", tol))
+    ref = sample_ode(vector_field, x, t0=c0, t1=c1, solver="dopri8", rtol=tol, atol=tol,
+                     args=args, cond=cond, per_sample=True)  # fmt: skip
+    den = _data_prediction(vector_field, path)
+    first_deg = _degenerate(path, c0, "alpha")
+    last_deg = _degenerate(path, c1, "sigma")
+    theta, loss, nfe = _fit_grid(
+        sampler, den, path, x, ref.x, packed, ts, c0, c1, steps, first_deg, last_deg,
+        iters, jnp.asarray(learning_rate, x.dtype),
+    )  # fmt: skip
+    losses = np.asarray(loss)
+    if not np.isfinite(losses[0]):
+        raise ValueError(
+            f"the pilot's endpoint error with solver {label!r} on the starting grid is not "
+            "finite: check the field for NaN/inf or start from another grid (init=...)"
+        )
+    info = dict(
+        pilot_error=float(np.exp(0.5 * np.nanmin(losses))),
+        initial_error=float(np.exp(0.5 * losses[0])),
+        n_pilot=int(x.shape[0]),
+        reference_nfe=int(ref.nfe),
+        iters=iters,
+        sampler_nfe=int(nfe),
+    )
+    return _grid_from(theta, c0, c1, steps), info
+
+
+def _grid_from(theta, c0, c1, steps):
+    floor = 1e-3 / steps
+    w = floor + (1.0 - steps * floor) * jax.nn.softmax(theta)
+    ts = c0 + (c1 - c0) * jnp.concatenate([jnp.zeros(1, w.dtype), jnp.cumsum(w)])
+    return jnp.clip(ts, c0, c1).at[0].set(c0).at[-1].set(c1)
+
+
+@eqx.filter_jit
+def _fit_grid(sampler, den, path, x, ref, args, ts, c0, c1, steps, first_deg, last_deg, iters,
+              learning_rate):  # fmt: skip
+    """Adam on the log interval lengths; returns the best theta met, every loss and the NFE.
+
+    (The loss of the last update's result is not evaluated: one forward pass less to compile.)
+    """
+    optimizer = optax.adam(learning_rate)
+    floor = 1e-3 / steps
+    frac = jnp.maximum((jnp.diff(ts) / (c1 - c0) - floor) / (1.0 - steps * floor), 1e-12)
+    theta0 = jnp.log(frac)
+
+    def loss_fn(theta):
+        grid = _grid_from(theta, c0, c1, steps)
+        out, _ = _run(sampler, den, path, x, args, None, c0, c1, steps, None, first_deg,
+                      last_deg, grid)  # fmt: skip
+        return jnp.log(jnp.mean(jnp.sum((out - ref).reshape(out.shape[0], -1) ** 2, -1)))
+
+    def body(carry, _):
+        theta, state, best, best_loss = carry
+        loss, g = jax.value_and_grad(loss_fn)(theta)
+        better = jnp.isfinite(loss) & (loss < best_loss)
+        best = jnp.where(better, theta, best)
+        best_loss = jnp.where(better, loss, best_loss)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        updates, state = optimizer.update(g, state)
+        return (optax.apply_updates(theta, updates), state, best, best_loss), loss
+
+    inf = jnp.asarray(jnp.inf, theta0.dtype)
+    (_, _, best, _), losses = jax.lax.scan(
+        body, (theta0, optimizer.init(theta0), theta0, inf), None, length=iters
+    )
+    return best, losses, _nfe(sampler, steps, first_deg, last_deg)

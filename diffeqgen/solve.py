@@ -36,6 +36,7 @@ from ._fewstep import (
     FewStepSampler,
     UniPC,
     is_fewstep,
+    optimize_grid,
     sample_fewstep,
     time_grid,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "UniPC",
     "EDMHeun",
     "time_grid",
+    "optimize_grid",
 ]
 
 
@@ -149,7 +151,7 @@ def sample_ode(
     cond: Any = None,
     per_sample: bool = False,
     max_steps: int = 4096,
-    grid: str | None = None,
+    grid: Any = None,
     path: Any = None,
     key: PRNGKeyArray | None = None,
     throw: bool = True,
@@ -167,7 +169,8 @@ def sample_ode(
             sampler for Gaussian paths, a name from ``FEWSTEP_SAMPLERS`` or a
             ``FewStepSampler`` (``DPMSolverPP``, ``UniPC``, ``EDMHeun``), which needs
             ``steps`` and the field's path and runs on the time grid ``grid``.
-        steps: a fixed number of equal steps, or ``None`` for adaptive steps (PID controller).
+        steps: a fixed number of equal steps, or ``None`` for adaptive steps (PID controller);
+            with a few-step sampler the number of grid intervals (``None`` with a grid array).
         rtol: relative tolerance of the adaptive controller (ignored with ``steps``).
         atol: absolute tolerance of the adaptive controller (ignored with ``steps``).
         saveat: optional 1-d array of times in [t0, t1] (ordered from t0 to t1) to save.
@@ -179,8 +182,9 @@ def sample_ode(
             has its own step sizes and error control (the default measures the error as an
             RMS over the whole batch, which does not bound each sample).
         max_steps: step budget of an adaptive solve; reaching it raises ``RuntimeError``.
-        grid: few-step samplers only: a name from ``GRIDS`` (``time_grid``); default the
-            sampler's own (``"logsnr"``; ``"karras"`` for ``EDMHeun``).
+        grid: few-step samplers only: a name from ``GRIDS`` (``time_grid``), default the
+            sampler's own (``"logsnr"``; ``"karras"`` for ``EDMHeun``); or the grid's times,
+            a concrete increasing 1-d array from t0 to t1 (e.g. from ``optimize_grid``).
         path: few-step samplers only: the ``GaussianPath`` of the field; default
             ``vector_field.path`` (fields from ``paths.as_vector_field`` and
             ``groundtruth.velocity_field`` carry it).

@@ -679,6 +679,25 @@ CASES = [
         "grid",
     ),
     (
+        "solve.optimize_grid",
+        lambda: dg.solve.optimize_grid(
+            dg.groundtruth.velocity_field("8gaussians", "vp"), X, solver="unipc", steps=4, iters=0
+        ),
+        ValueError,
+        "iters",
+    ),
+    (
+        "solve.sample_ode/fewstep-grid-array",
+        lambda: dg.solve.sample_ode(
+            dg.groundtruth.velocity_field("8gaussians", "vp"),
+            X,
+            solver="unipc",
+            grid=jnp.array([0.0, 0.6, 0.5, 1.0]),
+        ),
+        ValueError,
+        "strictly increasing",
+    ),  # fmt: skip
+    (
         "solve.sample_ode/fewstep-steps",
         lambda: dg.solve.sample_ode(
             dg.groundtruth.velocity_field("8gaussians", "vp"), X, solver="dpm++2m"

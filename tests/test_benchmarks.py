@@ -65,6 +65,12 @@ def test_solver_accuracy_quick(tmp_path):
         # is well above the tolerance-1e-8 floor (the error is a solver error)
         lik = {r["solver"]: r for r in res["likelihood"]}
         assert lik["euler"]["nfe"] == 4 and lik["euler"]["max_err"] > 2 * lik["dopri5"]["max_err"]
+    # one grid fitted by solve.optimize_grid (VP, UniPC at 6 NFE): sampled at 6 NFE, with the
+    # fit's pilot error and cost recorded beside the held-out error
+    (fitted,) = [r for r in few["vp"]["trajectory"] if r["grid"] == "fitted"]
+    assert fitted["solver"] == "unipc" and fitted["nfe"] == 6 and len(fitted["ts"]) == 7
+    assert math.isfinite(fitted["rms_err"]) and fitted["fit"]["pilot_error"] > 0
+    assert fitted["fit"]["reference_nfe"] > 6 and fitted["fit"]["sampler_nfe"] == 6
     trained = json.loads((tmp_path / "solver_accuracy_fewstep_quick.json").read_text())["trained"]
     assert trained["euler1000"] > 0 and trained["headline"]["euler"] == 1000
     assert {r["solver"] for r in trained["trajectory"] if r["kind"] == "fewstep"} == set(

@@ -344,3 +344,83 @@ def test_bad_arguments_are_named():
         solve.DPMSolverPP(4)
     with pytest.raises(ValueError, match="order"):
         solve.UniPC(3)
+
+
+# ------------------------------------------------------------------ given and fitted grids
+
+
+def test_a_given_grid_equals_the_named_grid_and_is_checked(x64):
+    mix = dg.data.mixture("mixture")
+    path = paths.get_path("vp")
+    field = groundtruth.velocity_field(mix, path)
+    x0 = jr.normal(jr.key(2), (16, 2))
+    for sampler in ("unipc", "dpm++3m", "dpm++2s"):
+        ts = solve.time_grid(path, "quadratic", 7)
+        named = solve.sample_ode(field, x0, solver=sampler, steps=7, grid="quadratic")
+        given = solve.sample_ode(field, x0, solver=sampler, grid=np.asarray(ts))
+        np.testing.assert_allclose(given.x, named.x, rtol=0, atol=1e-13)
+        assert given.nfe == named.nfe
+    with pytest.raises(ValueError, match="does not match the given grid"):
+        solve.sample_ode(field, x0, solver="unipc", steps=5, grid=ts)
+    with pytest.raises(ValueError, match="from t0 = 0 to t1 = 1"):
+        solve.sample_ode(field, x0, solver="unipc", grid=jnp.array([0.0, 0.5, 0.9]))
+    with pytest.raises(ValueError, match="1-d array"):
+        solve.sample_ode(field, x0, solver="unipc", grid=jnp.array([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="concrete"):
+        jax.jit(lambda g: solve.sample_ode(field, x0, solver="unipc", grid=g).x)(ts)
+
+
+def test_grid_gradient_matches_finite_differences(x64):
+    """d(endpoint)/d(grid) through the samplers (the fit's gradient), endpoint steps included.
+
+    Linear path (alpha(0) = 0 and sigma(1) = 0: the endpoint steps whose infinite lambda once
+    made NaN gradients); 3M's warm-up differentiates the midpoint time t(lambda).
+    """
+    from diffeqgen._fewstep import _data_prediction, _degenerate, _run
+
+    mix = dg.data.mixture("mixture")
+    x0 = jr.normal(jr.key(3), (8, 2))
+    for path_name in ("linear",):
+        path = paths.get_path(path_name)
+        field = groundtruth.velocity_field(mix, path)
+        den = _data_prediction(field, path)
+        ends = _degenerate(path, 0.0, "alpha"), _degenerate(path, 1.0, "sigma")
+        ts0 = solve.time_grid(path, "uniform", 6)
+        for sampler in (solve.UniPC(2), solve.DPMSolverPP(3)):
+
+            def f(inner, sampler=sampler, den=den, path=path, ends=ends, ts0=ts0):
+                ts = ts0.at[1:-1].set(inner)
+                x, _ = _run(sampler, den, path, x0, None, None, 0.0, 1.0, 6, None, *ends, ts)
+                return jnp.sum(x**2)
+
+            inner = ts0[1:-1]
+            g = jax.grad(f)(inner)
+            eps = 1e-6
+            fd = jnp.stack([(f(inner.at[i].add(eps)) - f(inner.at[i].add(-eps))) / (2 * eps)
+                            for i in range(inner.shape[0])])  # fmt: skip
+            np.testing.assert_allclose(
+                g, fd, rtol=1e-4, atol=1e-6, err_msg=f"{path_name} {sampler}"
+            )
+
+
+@pytest.mark.parametrize("path_name", ["linear", "vp"])
+def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
+    """The fitted grid beats its starting grid against the dopri8 reference on new noise."""
+    mix = dg.data.mixture("mixture")
+    field = groundtruth.velocity_field(mix, path_name)
+    pilot = jr.normal(jr.key(4), (128, 2))
+    fresh = jr.normal(jr.key(5), (256, 2))
+    ts, info = solve.optimize_grid(field, pilot, solver="unipc", steps=8, init="uniform", iters=60)
+    assert ts.shape == (9,) and ts[0] == 0.0 and ts[-1] == 1.0 and np.all(np.diff(ts) > 0)
+    assert info["pilot_error"] < 0.7 * info["initial_error"]
+    assert info["n_pilot"] == 128 and info["iters"] == 60 and info["sampler_nfe"] == 8
+    assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
+    ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
+    fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
+    start = solve.sample_ode(field, fresh, solver="unipc", steps=8, grid="uniform")
+    assert fitted.nfe == start.nfe == 8
+    assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)
+    with pytest.raises(ValueError, match="stochastic"):
+        solve.optimize_grid(field, pilot, solver=solve.EDMHeun(churn=1.0), steps=4)
+    with pytest.raises(ValueError, match="steps"):
+        solve.optimize_grid(field, pilot, solver="unipc")
