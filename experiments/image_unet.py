@@ -63,7 +63,7 @@ FULL = dict(
     n_per_class=10,
     n_bpd=32,
     n_exact=2,
-    bpd_steps=None,  # adaptive dopri5; an int: fixed Heun steps (cheaper to compile)
+    bpd_steps=None,  # adaptive dopri5; an int: fixed Euler steps (cheaper to compile)
     fd_reps=10,
     max_ref=200,
 )
@@ -231,7 +231,7 @@ def _per_class(cfg, m):
 
 
 def _bpd_text(b, steps):
-    solver = "dopri5 rtol = atol = 1e-4" if steps is None else f"Heun {steps} steps"
+    solver = "dopri5 rtol = atol = 1e-4" if steps is None else f"Euler {steps} steps"
     few = ", ".join(
         f"{e:.3f} / {h:.3f}" for e, h in zip(b["exact_few"], b["hutchinson_few"], strict=True)
     )
