@@ -614,6 +614,15 @@ def run_samplers(samplers, x0, key, score, t_start, label=""):
     return rows, samples
 
 
+def flat_draw(draw, key, shape):
+    """``draw(key, shape)`` (``jr.normal``, ``jr.uniform``) drawn flat and reshaped.
+
+    The same numbers (JAX's Threefry bits depend only on the row-major index), but XLA compiles
+    a flat draw about three times faster than a 4-d one on CPU (0.2 s against 0.65 s).
+    """
+    return draw(key, (math.prod(shape),)).reshape(shape)
+
+
 def sample_in_chunks(sampler, n, shape, key, offset=100):
     """``n`` samples of ``sampler(x0, key)`` in chunks of ``shape`` noise (no new compilation).
 
@@ -622,7 +631,7 @@ def sample_in_chunks(sampler, n, shape, key, offset=100):
     chunks = []
     for i in range(-(-n // shape[0])):
         k_i = jr.fold_in(key, offset + i)
-        chunks.append(np.asarray(sampler(jr.normal(k_i, shape), k_i).x))
+        chunks.append(np.asarray(sampler(flat_draw(jr.normal, k_i, shape), k_i).x))
     return np.concatenate(chunks)[:n]
 
 
@@ -673,7 +682,7 @@ def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
             f"{num_levels - 1}), got values off that grid in [{x.min():.4g}, {x.max():.4g}]"
         )
     x = jnp.asarray(x_test[:n])
-    x = x + (jr.uniform(k_u, x.shape) - 0.5) * w
+    x = x + (flat_draw(jr.uniform, k_u, x.shape) - 0.5) * w
     dim = int(np.prod(x.shape[1:]))
 
     def bpd(lp):
@@ -699,7 +708,7 @@ def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
 
 def corruption_figure(x, key, out, path_names=("linear", "cosine"), ts=(0.0, 0.25, 0.5, 0.75, 1.0)):
     """The same images ``x`` (n, 1, h, w) on each path (rows) at the times ``ts`` (columns)."""
-    eps = np.asarray(jr.normal(key, x.shape))
+    eps = np.asarray(flat_draw(jr.normal, key, x.shape))
     fig, axes = plt.subplots(
         len(path_names) * len(x), len(ts), figsize=(1.3 * len(ts), 1.3 * len(path_names) * len(x))
     )

@@ -273,7 +273,7 @@ def main(argv=None):
     fm = losses.get_loss("flow_matching", path="linear")
     res_flow = fit_unet(args, "flow", fm, xj, cfg, keys["flow"])
     flow = res_flow.ema_model
-    x0 = jr.normal(keys["noise"], (score.m, *shape))  # FD compares sets of m images
+    x0 = _common.flat_draw(jr.normal, keys["noise"], (score.m, *shape))  # FD: sets of m images
     samplers = _common.flow_ode_samplers(flow, cfg["euler_steps"], "flow ODE linear, ")
     rows_lin, samples = _common.run_samplers(samplers, x0, None, score, t_start)
 
@@ -311,7 +311,7 @@ def main(argv=None):
     res_cond = fit_unet(args, "conditional", cfm, (xj, jnp.asarray(y)), cfg, keys["cond"], K)
     npc = _per_class(cfg, score.m)
     labels = jnp.repeat(jnp.arange(K, dtype=jnp.int32), npc)
-    xc0 = jr.normal(jr.fold_in(keys["noise"], 1), (K * npc, *shape))
+    xc0 = _common.flat_draw(jr.normal, jr.fold_in(keys["noise"], 1), (K * npc, *shape))
     guidance, cond_samples = [], {}
     for w in cfg["weights"]:
         g = solve.guided(res_cond.ema_model, w, NULL)
