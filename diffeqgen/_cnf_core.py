@@ -12,9 +12,9 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
+from . import _random
 from . import solve as _solve
 from ._checks import check_choice, check_int, check_positive, is_traced
 from ._conditioning import in_axes, merge, one_sample
@@ -253,9 +253,9 @@ def _solve_augmented(
     if trace == "hutchinson":
         shape = (n, num_probes, *event)
         if probe == "rademacher":
-            probes = jr.rademacher(key, shape, dtype=dtype)
+            probes = _random.rademacher(key, shape, dtype)
         else:
-            probes = jr.normal(key, shape, dtype=dtype)
+            probes = _random.normal(key, shape, dtype)
     else:
         probes = None
     if steps is None:

@@ -25,6 +25,7 @@ import jax.random as jr
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from . import _random
 from ._checks import check_int
 from ._conditioning import Unbatched, batched, first_sample, in_axes, pack
 from ._failures import NONFINITE_EVENT
@@ -108,17 +109,17 @@ class _StepBrownianPath(dfx.AbstractBrownianPath):
         dt = (t1 - t0).astype(sdtype)
         if self.levy_area is dfx.SpaceTimeTimeLevyArea:
             kw, kh, kk = jr.split(key, 3)
-            w = jr.normal(kw, shape, sdtype) * w_std
-            h = jr.normal(kh, shape, sdtype) * (w_std / jnp.sqrt(12.0).astype(sdtype))
-            k = jr.normal(kk, shape, sdtype) * (w_std / jnp.sqrt(720.0).astype(sdtype))
+            w = _random.normal(kw, shape, sdtype) * w_std
+            h = _random.normal(kh, shape, sdtype) * (w_std / jnp.sqrt(12.0).astype(sdtype))
+            k = _random.normal(kk, shape, sdtype) * (w_std / jnp.sqrt(720.0).astype(sdtype))
             out = dfx.SpaceTimeTimeLevyArea(dt=dt, W=w, H=h, K=k)
         elif self.levy_area is dfx.SpaceTimeLevyArea:
             kw, kh = jr.split(key, 2)
-            w = jr.normal(kw, shape, sdtype) * w_std
-            h = jr.normal(kh, shape, sdtype) * (w_std / jnp.sqrt(12.0).astype(sdtype))
+            w = _random.normal(kw, shape, sdtype) * w_std
+            h = _random.normal(kh, shape, sdtype) * (w_std / jnp.sqrt(12.0).astype(sdtype))
             out = dfx.SpaceTimeLevyArea(dt=dt, W=w, H=h)
         else:
-            w = jr.normal(key, shape, sdtype) * w_std
+            w = _random.normal(key, shape, sdtype) * w_std
             out = dfx.BrownianIncrement(dt=dt, W=w)
         return out if use_levy else out.W
 

@@ -44,6 +44,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import _random
 from . import couplings as _couplings
 from . import paths as _paths
 from ._checks import as_path, check_choice, check_int, check_positive
@@ -190,7 +191,7 @@ def _path_sample(path, key: PRNGKeyArray, x1: Array):
     t_key, eps_key = jr.split(key)
     n = x1.shape[0]
     t = jr.uniform(t_key, (n,), x1.dtype, minval=path.t_min, maxval=path.t_max)
-    eps = jr.normal(eps_key, x1.shape, x1.dtype)
+    eps = _random.normal(eps_key, x1.shape, x1.dtype)
     xt = jax.vmap(path.interpolate)(x1, eps, t)
     return t, eps, xt
 
@@ -256,7 +257,7 @@ def flow_matching_loss(
         t = jr.uniform(t_key, (n,), x1.dtype, minval=path.t_min, maxval=path.t_max)
         if x0 is None:
             x0 = (
-                jr.normal(eps_key, x1.shape, x1.dtype)
+                _random.normal(eps_key, x1.shape, x1.dtype)
                 if source is None
                 else _draw_source(source, eps_key, n, x1)
             )

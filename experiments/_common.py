@@ -614,6 +614,15 @@ def run_samplers(samplers, x0, key, score, t_start, label=""):
     return rows, samples
 
 
+def flat_draw(draw, key, shape):
+    """``draw(key, shape)`` (``jr.normal``, ``jr.uniform``) drawn flat and reshaped.
+
+    The same numbers (JAX's Threefry bits depend only on the row-major index), but XLA compiles
+    a flat draw about three times faster than a 4-d one on CPU (0.2 s against 0.65 s).
+    """
+    return draw(key, (math.prod(shape),)).reshape(shape)
+
+
 def sample_in_chunks(sampler, n, shape, key, offset=100):
     """``n`` samples of ``sampler(x0, key)`` in chunks of ``shape`` noise (no new compilation).
 
@@ -622,7 +631,7 @@ def sample_in_chunks(sampler, n, shape, key, offset=100):
     chunks = []
     for i in range(-(-n // shape[0])):
         k_i = jr.fold_in(key, offset + i)
-        chunks.append(np.asarray(sampler(jr.normal(k_i, shape), k_i).x))
+        chunks.append(np.asarray(sampler(flat_draw(jr.normal, k_i, shape), k_i).x))
     return np.concatenate(chunks)[:n]
 
 
@@ -656,9 +665,10 @@ def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
     The images take ``num_levels`` equally spaced levels from -1 to 1 (17 for the digits, 256
     for MNIST: ``image_levels``); each is dequantised uniformly within its bin of width
     ``2 / (num_levels - 1)`` and scored by ``cnf.log_prob`` of the flow ``field`` (adaptive
-    dopri5, rtol = atol = 1e-4; with ``steps``, that many Heun steps, which compiles in about
-    half the time), then ``cnf.bits_per_dim`` with ``num_levels`` levels over the dequantised
-    interval (``dequantisation``). Raises ValueError if the images are not on those levels.
+    dopri5, rtol = atol = 1e-4; with ``steps``, that many Euler steps, which compile faster:
+    one stage, no step-size control), then ``cnf.bits_per_dim`` with ``num_levels`` levels over
+    the dequantised interval (``dequantisation``). Raises ValueError if the images are not on
+    those levels.
     """
     w, scale = dequantisation(num_levels)
     k_u, k_h, _ = jr.split(key, 3)
@@ -672,13 +682,13 @@ def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
             f"{num_levels - 1}), got values off that grid in [{x.min():.4g}, {x.max():.4g}]"
         )
     x = jnp.asarray(x_test[:n])
-    x = x + (jr.uniform(k_u, x.shape) - 0.5) * w
+    x = x + (flat_draw(jr.uniform, k_u, x.shape) - 0.5) * w
     dim = int(np.prod(x.shape[1:]))
 
     def bpd(lp):
         return np.asarray(cnf.bits_per_dim(lp, dim, num_levels=num_levels, scale=scale))
 
-    kw = dict(rtol=1e-4, atol=1e-4) if steps is None else dict(solver="heun", steps=steps)
+    kw = dict(rtol=1e-4, atol=1e-4) if steps is None else dict(solver="euler", steps=steps)
     lp_h, nfe_h = cnf.log_prob(field, x, trace="hutchinson", key=k_h, **kw)
     lp_e, nfe_e = cnf.log_prob(field, x[:n_exact], trace="exact", **kw)
     b_h, b_e = bpd(lp_h), bpd(lp_e)
@@ -698,7 +708,7 @@ def image_bits_per_dim(field, x_test, n, n_exact, key, num_levels, steps=None):
 
 def corruption_figure(x, key, out, path_names=("linear", "cosine"), ts=(0.0, 0.25, 0.5, 0.75, 1.0)):
     """The same images ``x`` (n, 1, h, w) on each path (rows) at the times ``ts`` (columns)."""
-    eps = np.asarray(jr.normal(key, x.shape))
+    eps = np.asarray(flat_draw(jr.normal, key, x.shape))
     fig, axes = plt.subplots(
         len(path_names) * len(x), len(ts), figsize=(1.3 * len(ts), 1.3 * len(path_names) * len(x))
     )

@@ -68,9 +68,27 @@ def test_unet_guidance_uses_the_library_mechanism(key):
     np.testing.assert_allclose(eqx.filter_jit(g)(0.4, x, c), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("res_blocks,mid_blocks", [(1, 1), (3, 2)])
+def test_unet_block_counts(res_blocks, mid_blocks, key):
+    """res_blocks per encoder and decoder level, mid_blocks in the bottleneck (default 2 and 3)."""
+    default = dg.nn.UNet(1, channels=(8, 8), embed_dim=8, key=key)
+    assert [len(b) for b in default.down + default.up] == [2] * 4 and len(default.mid) == 3
+    net = dg.nn.UNet(
+        1, channels=(8, 8), embed_dim=8, res_blocks=res_blocks, mid_blocks=mid_blocks, key=key
+    )
+    assert [len(b) for b in net.down + net.up] == [res_blocks] * 4 and len(net.mid) == mid_blocks
+    x = jr.normal(jr.key(1), (1, 7, 9))
+    out = eqx.filter_jit(net)(0.3, x, None)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    assert float(jnp.max(jnp.abs(out - eqx.filter_jit(default)(0.3, x, None)))) > 1e-4
+
+
 def test_unet_bad_inputs(key):
     with pytest.raises(ValueError, match="channels"):
         dg.nn.UNet(1, channels=(), key=key)
+    for name in ("res_blocks", "mid_blocks"):
+        with pytest.raises(ValueError, match=name):
+            dg.nn.UNet(1, channels=(8,), key=key, **{name: 0})
     net = dg.nn.UNet(1, channels=(8,), embed_dim=8, key=key)
     with pytest.raises(ValueError, match=r"shape \(1, h, w\)"):
         net(0.0, jnp.zeros((2, 8, 8)), None)  # two channels for a one-channel UNet

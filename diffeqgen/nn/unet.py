@@ -59,11 +59,12 @@ class UNet(eqx.Module):
 
     The output has the input's shape (a velocity, score, denoiser or noise prediction).
     Architecture: a 3x3 input convolution to ``channels[0]``; encoder level ``i`` (width
-    ``channels[i]``) is two residual blocks, its output kept as the skip connection, then a
-    stride-2 3x3 convolution that halves the resolution; a bottleneck of three residual blocks
-    at ``channels[-1]``; decoder level ``i`` (deepest first) upsamples by 2 (nearest, then a 3x3
-    convolution), concatenates the level's skip and runs two residual blocks; then GroupNorm,
-    SiLU and a 3x3 convolution back to ``c`` channels. A residual block is GroupNorm, SiLU,
+    ``channels[i]``) is ``res_blocks`` (default two) residual blocks, its output kept as the skip
+    connection, then a stride-2 3x3 convolution that halves the resolution; a bottleneck of
+    ``mid_blocks`` (default three) residual blocks at ``channels[-1]``; decoder level ``i``
+    (deepest first) upsamples by 2 (nearest, then a 3x3 convolution), concatenates the level's
+    skip and runs ``res_blocks`` residual blocks; then GroupNorm, SiLU and a 3x3 convolution
+    back to ``c`` channels. A residual block is GroupNorm, SiLU,
     3x3 conv, plus a linear projection of the embedding added to every pixel of each channel,
     GroupNorm, SiLU, 3x3 conv, with a 1x1 convolution on the skip path where the channels change.
 
@@ -85,6 +86,9 @@ class UNet(eqx.Module):
         in_channels: Channels ``c`` of the image.
         channels: Width of each encoder level (one entry per level, at least one).
         embed_dim: Size of the time (and class) embedding, even.
+        res_blocks: Residual blocks per encoder and per decoder level (at least one).
+        mid_blocks: Residual blocks of the bottleneck (at least one). Fewer blocks compile
+            faster (each block is traced and compiled apart).
         num_classes: Number of classes K for a class-conditional network (labels 0..K, K null).
         norm_groups: GroupNorm groups at most (a divisor of the width with at least 4 channels
             a group where the width allows: the added embedding must survive the norm).
@@ -95,11 +99,11 @@ class UNet(eqx.Module):
     embed_mlp: tuple[eqx.nn.Linear, eqx.nn.Linear]
     label_embed: eqx.nn.Embedding | None
     conv_in: eqx.nn.Conv2d
-    down: tuple[tuple[ResBlock, ResBlock], ...]
+    down: tuple[tuple[ResBlock, ...], ...]
     downsample: tuple[eqx.nn.Conv2d, ...]
-    mid: tuple[ResBlock, ResBlock, ResBlock]
+    mid: tuple[ResBlock, ...]
     upsample: tuple[eqx.nn.Conv2d, ...]
-    up: tuple[tuple[ResBlock, ResBlock], ...]
+    up: tuple[tuple[ResBlock, ...], ...]
     norm_out: eqx.nn.GroupNorm
     conv_out: eqx.nn.Conv2d
     in_channels: int = eqx.field(static=True)
@@ -111,6 +115,8 @@ class UNet(eqx.Module):
         *,
         channels: Sequence[int] = (32, 64),
         embed_dim: int = 64,
+        res_blocks: int = 2,
+        mid_blocks: int = 3,
         num_classes: int | None = None,
         norm_groups: int = 8,
         key: PRNGKeyArray,
@@ -123,8 +129,10 @@ class UNet(eqx.Module):
         widths = [check_int(f"channels[{i}]", c) for i, c in enumerate(channels)]
         self.embed = SinusoidalEmbedding(embed_dim)
         norm_groups = check_int("norm_groups", norm_groups)
+        res_blocks = check_int("res_blocks", res_blocks)
+        mid_blocks = check_int("mid_blocks", mid_blocks)
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
-        keys = iter(jr.split(key, 8 + 6 * len(widths)))
+        keys = iter(jr.split(key, 5 + mid_blocks + 2 * (res_blocks + 1) * len(widths)))
         self.embed_mlp = (
             eqx.nn.Linear(embed_dim, embed_dim, key=next(keys)),
             eqx.nn.Linear(embed_dim, embed_dim, key=next(keys)),
@@ -141,15 +149,15 @@ class UNet(eqx.Module):
         self.conv_in = eqx.nn.Conv2d(self.in_channels, widths[0], 3, padding=1, key=next(keys))
         down, downsample, prev = [], [], widths[0]
         for w in widths:
-            down.append((block(prev, w), block(w, w)))
+            down.append(tuple(block(prev if i == 0 else w, w) for i in range(res_blocks)))
             downsample.append(eqx.nn.Conv2d(w, w, 3, stride=2, padding=1, key=next(keys)))
             prev = w
         self.down, self.downsample = tuple(down), tuple(downsample)
-        self.mid = (block(prev, prev), block(prev, prev), block(prev, prev))
+        self.mid = tuple(block(prev, prev) for _ in range(mid_blocks))
         up, upsample = [], []
         for w in reversed(widths):
             upsample.append(eqx.nn.Conv2d(prev, w, 3, padding=1, key=next(keys)))
-            up.append((block(2 * w, w), block(w, w)))
+            up.append(tuple(block(2 * w if i == 0 else w, w) for i in range(res_blocks)))
             prev = w
         self.up, self.upsample = tuple(up), tuple(upsample)
         self.norm_out = eqx.nn.GroupNorm(_groups(prev, norm_groups), prev)
@@ -179,14 +187,16 @@ class UNet(eqx.Module):
         emb = self._embedding(t, args, x.dtype)
         h = self.conv_in(x)
         skips = []
-        for (b1, b2), down in zip(self.down, self.downsample, strict=True):
-            h = b2(b1(h, emb), emb)
+        for blocks, down in zip(self.down, self.downsample, strict=True):
+            for b in blocks:
+                h = b(h, emb)
             skips.append(h)
             h = down(h)
         for b in self.mid:
             h = b(h, emb)
-        for (b1, b2), conv, skip in zip(self.up, self.upsample, reversed(skips), strict=True):
+        for blocks, conv, skip in zip(self.up, self.upsample, reversed(skips), strict=True):
             h = einops.repeat(h, "c h w -> c (h 2) (w 2)")[:, : skip.shape[1], : skip.shape[2]]
             h = jnp.concatenate([conv(h), skip], axis=0)
-            h = b2(b1(h, emb), emb)
+            for b in blocks:
+                h = b(h, emb)
         return self.conv_out(jax.nn.silu(self.norm_out(h)))
