@@ -1,6 +1,9 @@
 """The compiled part of `diffeqgen.train.fit`: data checks, batch drawing, the fused scan."""
 
+import contextlib
+import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +25,9 @@ __all__ = [
     "nan_log",
     "draw",
     "run_chunk",
+    "compiled_chunk",
+    "loss_failure",
+    "quiet_callbacks",
     "val_loss",
     "StepConfig",
     "RESERVED",
@@ -342,6 +348,71 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig,
 
     steps = jnp.arange(config.steps_per_call, dtype=jnp.int32)
     return jax.lax.scan(body, carry, steps)
+
+
+_COMPILED: dict = {}
+_COMPILED_SIZE = 32
+
+
+def compiled_chunk(args: tuple) -> tuple[Callable, float]:
+    """``(executable, compile seconds)`` of `run_chunk` for these arguments, compiled once.
+
+    The executable is cached at module level under the abstract key of the arguments (tree
+    structure, array shapes and dtypes, every non-array leaf including the static
+    `StepConfig`), so a later `fit` call with the same objects and shapes neither traces nor
+    lowers again (that cost ~3 ms per call). Calling it does not block (unlike
+    ``eqx.filter_jit``, which waits for the result): `fit` dispatches the next chunk before
+    reading this one's losses. Arguments whose abstract key cannot be formed (an unhashable
+    leaf) are compiled on every call, as before.
+    """
+    key = abstract_key(args)
+    exe = None if key is None else _COMPILED.get(key)
+    if exe is not None:
+        return exe, 0.0
+    t = time.perf_counter()
+    exe = run_chunk.lower(*args).compile()
+    seconds = time.perf_counter() - t
+    if key is not None:
+        if len(_COMPILED) >= _COMPILED_SIZE:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = exe
+    return exe, seconds
+
+
+_EQX_ERROR = "EquinoxRuntimeError: "
+
+
+def loss_failure(e: BaseException) -> str | None:
+    """The message of a check inside the loss (``eqx.error_if``) that failed, else None.
+
+    Such a check raises ``EquinoxRuntimeError`` through ``eqx.filter_jit``, or a
+    ``JaxRuntimeError`` carrying it when the compiled chunk is called directly (as `fit` does);
+    the message is the text after ``EquinoxRuntimeError: `` up to the first blank line.
+    """
+    msg = str(e)
+    if not isinstance(e, eqx.EquinoxRuntimeError | jax.errors.JaxRuntimeError):
+        return None
+    if _EQX_ERROR not in msg:
+        return None if not isinstance(e, eqx.EquinoxRuntimeError) else msg
+    return msg.split(_EQX_ERROR, 1)[1].split("\n\n")[0].strip()
+
+
+class _NoCallbackLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "jax._src.callback" and record.getMessage() == "jax.pure_callback failed"
+        )
+
+
+@contextlib.contextmanager
+def quiet_callbacks():
+    """Silence JAX's log of a failing host callback (an ``eqx.error_if``), reported by `fit`."""
+    log, f = logging.getLogger("jax._src.callback"), _NoCallbackLog()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
 
 
 @eqx.filter_jit
