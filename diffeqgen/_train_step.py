@@ -297,9 +297,11 @@ def cast_aux(aux: dict, spec) -> dict:
 def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig, masked=True):
     """Run ``config.steps_per_call`` scanned updates; only the first ``n_active`` are applied.
 
-    ``masked=False`` (a static choice, compiled apart) is the executable for full chunks: every
-    iteration is an update, with no ``lax.cond`` around it (``n_active`` is then ignored); the
-    conditional costs ~5% of a small model's step on CPU. Both compute the same updates.
+    ``masked=False`` (a static choice, compiled apart) is the executable for full chunks: a
+    ``lax.scan`` in which every iteration is an update (``n_active`` is then ignored). A shorter
+    chunk (``masked=True``) runs a loop of exactly ``n_active`` updates (not the full length
+    with the rest skipped, which cost a 5-step call ~1 ms), its logs padded to
+    ``steps_per_call`` entries (loss 0, ok True). Both compute the same updates.
 
     ``carry`` is ``(params, ema, opt_state)``: ``params`` the trainable floating-point arrays,
     ``ema`` the EMA of ALL floating-point arrays (frozen ones included: the EMA of a constant
@@ -337,17 +339,21 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig,
         ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
         return (params, ema, opt_state), (loss.astype(loss_dtype), aux, ok)
 
-    def skip(carry, step):
-        aux = None if config.aux is None else {k: jnp.zeros((), dt) for k, dt in config.aux}
-        return carry, (jnp.zeros((), loss_dtype), aux, jnp.array(True))
+    if masked:  # a loop of exactly n_active updates; the outputs padded to steps_per_call
+        m = config.steps_per_call
+        aux = None if config.aux is None else {k: jnp.zeros((m,), dt) for k, dt in config.aux}
+        logs = (jnp.zeros((m,), loss_dtype), aux, jnp.ones((m,), bool))
 
-    def body(carry, i):
-        if not masked:
-            return do(carry, step0 + i)
-        return jax.lax.cond(i < n_active, do, skip, carry, step0 + i)
+        def update(i, state):
+            carry, logs = state
+            carry, out = do(carry, step0 + i)
+            logs = jax.tree_util.tree_map(lambda log, v: log.at[i].set(v), logs, out)
+            return carry, logs
+
+        return jax.lax.fori_loop(0, n_active, update, (carry, logs))
 
     steps = jnp.arange(config.steps_per_call, dtype=jnp.int32)
-    return jax.lax.scan(body, carry, steps)
+    return jax.lax.scan(lambda carry, i: do(carry, step0 + i), carry, steps)
 
 
 _COMPILED: dict = {}
@@ -363,8 +369,15 @@ def compiled_chunk(args: tuple) -> tuple[Callable, float]:
     lowers again (that cost ~3 ms per call). Calling it does not block (unlike
     ``eqx.filter_jit``, which waits for the result): `fit` dispatches the next chunk before
     reading this one's losses. Arguments whose abstract key cannot be formed (an unhashable
-    leaf) are compiled on every call, as before.
+    leaf) are compiled on every call, as before. With several devices (a mesh, or arrays
+    placed on another device) an executable compiled ahead of time rejects arguments placed
+    differently, so there `run_chunk` itself is returned (compiled here, dispatched by
+    ``eqx.filter_jit``, which waits for each chunk).
     """
+    if jax.device_count() > 1:  # placement matters: jit's own dispatch moves what it must
+        t = time.perf_counter()
+        run_chunk.lower(*args).compile()
+        return run_chunk, time.perf_counter() - t
     key = abstract_key(args)
     exe = None if key is None else _COMPILED.get(key)
     if exe is not None:

@@ -203,9 +203,26 @@ def init_state(
     return TrainState(model, model, _opt_init(optimizer, params), 0, key, _empty_history())
 
 
-@eqx.filter_jit
 def _opt_init(optimizer, params):
-    """``optimizer.init(params)`` compiled once per optimiser (eagerly it costs ms per call)."""
+    """``optimizer.init(params)`` compiled once per optimiser (eagerly it costs ms per call).
+
+    A plain ``jax.jit`` (the optimiser static; an unhashable one falls back to
+    ``eqx.filter_jit``): it does not wait for the result, as ``eqx.filter_jit`` does.
+    """
+    try:
+        hash(optimizer)
+    except TypeError:
+        return _opt_init_filtered(optimizer, params)
+    return _opt_init_jit(optimizer, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _opt_init_jit(optimizer, params):
+    return optimizer.init(params)
+
+
+@eqx.filter_jit
+def _opt_init_filtered(optimizer, params):
     return optimizer.init(params)
 
 
@@ -502,9 +519,17 @@ def fit(
         step, n = np.asarray(step, np.int32), np.asarray(n, np.int32)
         return (carry, rest, data, step, n, train_key, config, masked)
 
+    executables: dict[bool, Callable] = {}
+
     def executable(step: int, n: int) -> tuple[Callable, float]:
         """The compiled chunk (cached across calls) and the seconds spent compiling it now."""
-        return compiled_chunk(chunk_args((params, ema, opt_state), step, n))
+        masked = n < steps_per_call
+        if masked not in executables:  # the structure of the carry is fixed within a call
+            executables[masked], seconds = compiled_chunk(
+                chunk_args((params, ema, opt_state), step, n)
+            )
+            return executables[masked], seconds
+        return executables[masked], 0.0
 
     every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
     val_loss_key = jr.fold_in(val_key, 1)
