@@ -65,6 +65,19 @@ def _base_log_prob(base: Any, z: Array) -> Array:
     return _standard_normal_log_prob(z) if base is None else base.log_prob(z)
 
 
+UNROLL_TRACE = 16
+"""Up to this many dimensions the exact trace sums ``d`` Jacobian-vector products written out one
+by one (``(J e_i)_i``); above it, one ``vmap`` over the basis. Measured on the benchmark's
+MLP (d = 2, 10,000 points, CPU): the augmented evaluation of a batch costs 2.1x a forward pass
+written out at the batch level, against 3.3x for the ``vmap`` over the basis of each sample's
+linearisation (which is what made ``log_prob`` slower per evaluation than torchdiffeq)."""
+
+
+def _basis(d: int, i: int, shape, dtype) -> Array:
+    """The i-th standard basis vector of R^d in every row of a batch of shape ``(n, *event)``."""
+    return jnp.zeros((shape[0], d), dtype).at[:, i].set(1).reshape(shape)
+
+
 class _Augmented(eqx.Module):
     """Augmented dynamics ``(z, delta) -> (f(t, z), -tr(df/dz))`` on one sample (or a batch)."""
 
@@ -75,6 +88,9 @@ class _Augmented(eqx.Module):
     def _one(self, t, z, user_args, probes):
         fz, jvp = jax.linearize(lambda y: self.vector_field(t, y, merge(user_args)), z)
         if self.trace == "exact":
+            # one sample (per-sample error control): a vmap over the basis. Written-out
+            # products here were 1.25x cheaper but not bit-identical between a sharded and an
+            # unsharded batch (matrix products of other shapes), which per-sample work must be.
             d = z.size
             basis = jnp.eye(d, dtype=z.dtype).reshape(d, *z.shape)
             columns = jax.vmap(jvp)(basis).reshape(d, d)  # row i = J e_i
@@ -84,10 +100,26 @@ class _Augmented(eqx.Module):
             div = jnp.mean(jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=1))
         return fz, -div.astype(z.dtype)
 
+    def _batch_exact(self, t, z, user_args):
+        """Exact trace of a batch: the field vmapped over samples, linearised at the batch level.
+
+        Its Jacobian is block diagonal (samples do not interact), so the product with the
+        basis vector e_i in every row gives each sample's column i; the trace sums the
+        diagonal entries of the ``d`` products. Same values as `_one` (to rounding).
+        """
+        axes = (0, in_axes(user_args))
+        field = jax.vmap(lambda y, a: self.vector_field(t, y, merge(a)), in_axes=axes)
+        fz, jvp = jax.linearize(lambda y: field(y, user_args), z)
+        n, d = z.shape[0], z[0].size
+        div = sum(jvp(_basis(d, i, z.shape, z.dtype)).reshape(n, d)[:, i] for i in range(d))
+        return fz, -div.astype(z.dtype)
+
     def __call__(self, t, state, args):
         z, _ = state
         user_args, probes = args
         if self.batched:
+            if self.trace == "exact" and z[0].size <= UNROLL_TRACE:
+                return self._batch_exact(t, z, user_args)
             axes = (None, 0, in_axes(user_args), 0)
             return jax.vmap(self._one, in_axes=axes)(t, z, user_args, probes)
         return self._one(t, z, user_args, probes)

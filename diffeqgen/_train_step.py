@@ -1,6 +1,9 @@
 """The compiled part of `diffeqgen.train.fit`: data checks, batch drawing, the fused scan."""
 
+import contextlib
+import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +25,9 @@ __all__ = [
     "nan_log",
     "draw",
     "run_chunk",
+    "compiled_chunk",
+    "loss_failure",
+    "quiet_callbacks",
     "val_loss",
     "StepConfig",
     "RESERVED",
@@ -291,9 +297,11 @@ def cast_aux(aux: dict, spec) -> dict:
 def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig, masked=True):
     """Run ``config.steps_per_call`` scanned updates; only the first ``n_active`` are applied.
 
-    ``masked=False`` (a static choice, compiled apart) is the executable for full chunks: every
-    iteration is an update, with no ``lax.cond`` around it (``n_active`` is then ignored); the
-    conditional costs ~5% of a small model's step on CPU. Both compute the same updates.
+    ``masked=False`` (a static choice, compiled apart) is the executable for full chunks: a
+    ``lax.scan`` in which every iteration is an update (``n_active`` is then ignored). A shorter
+    chunk (``masked=True``) runs a loop of exactly ``n_active`` updates (not the full length
+    with the rest skipped, which cost a 5-step call ~1 ms), its logs padded to
+    ``steps_per_call`` entries (loss 0, ok True). Both compute the same updates.
 
     ``carry`` is ``(params, ema, opt_state)``: ``params`` the trainable floating-point arrays,
     ``ema`` the EMA of ALL floating-point arrays (frozen ones included: the EMA of a constant
@@ -331,17 +339,93 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig,
         ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
         return (params, ema, opt_state), (loss.astype(loss_dtype), aux, ok)
 
-    def skip(carry, step):
-        aux = None if config.aux is None else {k: jnp.zeros((), dt) for k, dt in config.aux}
-        return carry, (jnp.zeros((), loss_dtype), aux, jnp.array(True))
+    if masked:  # a loop of exactly n_active updates; the outputs padded to steps_per_call
+        m = config.steps_per_call
+        aux = None if config.aux is None else {k: jnp.zeros((m,), dt) for k, dt in config.aux}
+        logs = (jnp.zeros((m,), loss_dtype), aux, jnp.ones((m,), bool))
 
-    def body(carry, i):
-        if not masked:
-            return do(carry, step0 + i)
-        return jax.lax.cond(i < n_active, do, skip, carry, step0 + i)
+        def update(i, state):
+            carry, logs = state
+            carry, out = do(carry, step0 + i)
+            logs = jax.tree_util.tree_map(lambda log, v: log.at[i].set(v), logs, out)
+            return carry, logs
+
+        return jax.lax.fori_loop(0, n_active, update, (carry, logs))
 
     steps = jnp.arange(config.steps_per_call, dtype=jnp.int32)
-    return jax.lax.scan(body, carry, steps)
+    return jax.lax.scan(lambda carry, i: do(carry, step0 + i), carry, steps)
+
+
+_COMPILED: dict = {}
+_COMPILED_SIZE = 32
+
+
+def compiled_chunk(args: tuple) -> tuple[Callable, float]:
+    """``(executable, compile seconds)`` of `run_chunk` for these arguments, compiled once.
+
+    The executable is cached at module level under the abstract key of the arguments (tree
+    structure, array shapes and dtypes, every non-array leaf including the static
+    `StepConfig`), so a later `fit` call with the same objects and shapes neither traces nor
+    lowers again (that cost ~3 ms per call). Calling it does not block (unlike
+    ``eqx.filter_jit``, which waits for the result): `fit` dispatches the next chunk before
+    reading this one's losses. Arguments whose abstract key cannot be formed (an unhashable
+    leaf) are compiled on every call, as before. With several devices (a mesh, or arrays
+    placed on another device) an executable compiled ahead of time rejects arguments placed
+    differently, so there `run_chunk` itself is returned (compiled here, dispatched by
+    ``eqx.filter_jit``, which waits for each chunk).
+    """
+    if jax.device_count() > 1:  # placement matters: jit's own dispatch moves what it must
+        t = time.perf_counter()
+        run_chunk.lower(*args).compile()
+        return run_chunk, time.perf_counter() - t
+    key = abstract_key(args)
+    exe = None if key is None else _COMPILED.get(key)
+    if exe is not None:
+        return exe, 0.0
+    t = time.perf_counter()
+    exe = run_chunk.lower(*args).compile()
+    seconds = time.perf_counter() - t
+    if key is not None:
+        if len(_COMPILED) >= _COMPILED_SIZE:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = exe
+    return exe, seconds
+
+
+_EQX_ERROR = "EquinoxRuntimeError: "
+
+
+def loss_failure(e: BaseException) -> str | None:
+    """The message of a check inside the loss (``eqx.error_if``) that failed, else None.
+
+    Such a check raises ``EquinoxRuntimeError`` through ``eqx.filter_jit``, or a
+    ``JaxRuntimeError`` carrying it when the compiled chunk is called directly (as `fit` does);
+    the message is the text after ``EquinoxRuntimeError: `` up to the first blank line.
+    """
+    msg = str(e)
+    if not isinstance(e, eqx.EquinoxRuntimeError | jax.errors.JaxRuntimeError):
+        return None
+    if _EQX_ERROR not in msg:
+        return None if not isinstance(e, eqx.EquinoxRuntimeError) else msg
+    return msg.split(_EQX_ERROR, 1)[1].split("\n\n")[0].strip()
+
+
+class _NoCallbackLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "jax._src.callback" and record.getMessage() == "jax.pure_callback failed"
+        )
+
+
+@contextlib.contextmanager
+def quiet_callbacks():
+    """Silence JAX's log of a failing host callback (an ``eqx.error_if``), reported by `fit`."""
+    log, f = logging.getLogger("jax._src.callback"), _NoCallbackLog()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
 
 
 @eqx.filter_jit

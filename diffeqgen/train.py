@@ -71,9 +71,11 @@ from ._train_step import (
     check_aux,
     check_data,
     check_loss,
+    compiled_chunk,
     draw,
+    loss_failure,
     nan_log,
-    run_chunk,
+    quiet_callbacks,
     val_loss,
 )
 from ._types import PRNGKeyArray
@@ -201,9 +203,26 @@ def init_state(
     return TrainState(model, model, _opt_init(optimizer, params), 0, key, _empty_history())
 
 
-@eqx.filter_jit
 def _opt_init(optimizer, params):
-    """``optimizer.init(params)`` compiled once per optimiser (eagerly it costs ms per call)."""
+    """``optimizer.init(params)`` compiled once per optimiser (eagerly it costs ms per call).
+
+    A plain ``jax.jit`` (the optimiser static; an unhashable one falls back to
+    ``eqx.filter_jit``): it does not wait for the result, as ``eqx.filter_jit`` does.
+    """
+    try:
+        hash(optimizer)
+    except TypeError:
+        return _opt_init_filtered(optimizer, params)
+    return _opt_init_jit(optimizer, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _opt_init_jit(optimizer, params):
+    return optimizer.init(params)
+
+
+@eqx.filter_jit
+def _opt_init_filtered(optimizer, params):
     return optimizer.init(params)
 
 
@@ -494,29 +513,29 @@ def fit(
         None if mesh is None else sharding.batch_sharding(mesh, batch_axis),
     )
 
-    def chunk_args(step: int, n: int):
+    def chunk_args(carry, step: int, n: int):
         # a full chunk runs every iteration unconditionally; a shorter one masks the rest
         masked = n < steps_per_call
-        step, n = jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32)
-        return ((params, ema, opt_state), rest, data, step, n, train_key, config, masked)
+        step, n = np.asarray(step, np.int32), np.asarray(n, np.int32)
+        return (carry, rest, data, step, n, train_key, config, masked)
 
-    compiled: set[bool] = set()
+    executables: dict[bool, Callable] = {}
 
-    def compile_chunk(step: int, n: int) -> float:
-        """Compile (without running) the executable for this chunk; cached across calls."""
-        args = chunk_args(step, n)
-        if args[-1] in compiled:
-            return 0.0
-        t = time.perf_counter()
-        run_chunk.lower(*args).compile()
-        compiled.add(args[-1])
-        return time.perf_counter() - t
+    def executable(step: int, n: int) -> tuple[Callable, float]:
+        """The compiled chunk (cached across calls) and the seconds spent compiling it now."""
+        masked = n < steps_per_call
+        if masked not in executables:  # the structure of the carry is fixed within a call
+            executables[masked], seconds = compiled_chunk(
+                chunk_args((params, ema, opt_state), step, n)
+            )
+            return executables[masked], seconds
+        return executables[masked], 0.0
 
     every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
     val_loss_key = jr.fold_in(val_key, 1)
     t0 = time.perf_counter()
     if step < num_steps:  # trace + compile the first chunk's executable (no warm-up run)
-        compile_chunk(step, _next_stop(step, num_steps, [steps_per_call, *every]) - step)
+        executable(step, _next_stop(step, num_steps, [steps_per_call, *every]) - step)
     if val_data is not None and step < num_steps:
         val_loss.lower(ema, rest, val_data, val_loss_key, loss_fn).compile()
     compile_seconds = time.perf_counter() - t0
@@ -532,73 +551,114 @@ def fit(
         if jax.process_index() == 0:  # one writer when several hosts share the run
             save_checkpoint(checkpoint, state)
 
-    start_step, train_seconds, stop_requested = step, 0.0, False
+    def host_event(stop: int) -> bool:
+        """Whether the host acts at ``stop`` (validation, checkpoint, callback or the end)."""
+        return stop == num_steps or any(stop % e == 0 for e in every)
+
+    def where() -> str:
+        return (
+            f"the last good checkpoint is {checkpoint!r} (step {last_saved})"
+            if last_saved is not None
+            else "no checkpoint was written"
+            + ("" if checkpoint else " (pass checkpoint=... to keep one)")
+        )
+
+    def failed(e: BaseException, first: int, stop: int) -> None:
+        """Re-raise a failed check inside the loss (e.g. cnf.log_prob) with the step range."""
+        msg = loss_failure(e)
+        if msg is None:
+            raise e
+        kind = FloatingPointError if "non-finite" in msg else RuntimeError
+        raise kind(
+            f"the loss failed during steps {first + 1}..{stop}: {msg}; training stopped "
+            f"and this state was not saved; {where()}"
+        ) from e
+
+    def dispatch(carry, first: int):
+        """Start the chunk of updates from ``first`` (not waiting for it): (first, stop, out)."""
+        nonlocal compile_seconds, t1
+        stop = _next_stop(first, num_steps, [steps_per_call, *every])
+        exe, seconds = executable(first, stop - first)  # 0 s unless it needs the other one
+        compile_seconds += seconds
+        t1 += seconds  # compiling is not training time
+        try:
+            return first, stop, exe(*chunk_args(carry, first, stop - first))
+        except Exception as e:  # noqa: BLE001  (a check that failed synchronously)
+            failed(e, first, stop)
+
+    # Chunks are dispatched ahead: while chunk k runs, the host reads chunk k-1's losses and
+    # keeps its history; the next chunk starts from chunk k's (device) outputs. Where the host
+    # must act (validation, checkpoint, callback, the end) it waits for the chunk first. A
+    # chunk with a bad step stops training before its outputs are adopted, so the state and
+    # the last checkpoint are those before it; a chunk dispatched after it is discarded.
+    start_step, train_seconds, stop_requested, t1 = step, 0.0, False, 0.0
     bar = tqdm(total=num_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     try:
-        while step < num_steps and not stop_requested:
-            stop = _next_stop(step, num_steps, [steps_per_call, *every])
-            n = stop - step
-            first = compile_chunk(step, n)  # 0 unless this chunk needs the other executable
-            compile_seconds += first
+        with quiet_callbacks():
             t1 = time.perf_counter()
-            where = (
-                f"the last good checkpoint is {checkpoint!r} (step {last_saved})"
-                if last_saved is not None
-                else "no checkpoint was written"
-                + ("" if checkpoint else " (pass checkpoint=... to keep one)")
-            )
-            try:
-                new_carry, (losses, aux, ok) = run_chunk(*chunk_args(step, n))
-                losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
-            except eqx.EquinoxRuntimeError as e:  # a check inside the loss (e.g. cnf.log_prob)
-                msg = str(e)
-                if "EquinoxRuntimeError: " in msg:  # keep the message, drop Equinox's stack
-                    msg = msg.split("EquinoxRuntimeError: ", 1)[1].split("\n\n")[0]
-                kind = FloatingPointError if "non-finite" in msg else RuntimeError
-                raise kind(
-                    f"the loss failed during steps {step + 1}..{stop}: {msg}; training stopped "
-                    f"and this state was not saved; {where}"
-                ) from e
-            train_seconds += time.perf_counter() - t1
-            if not ok.all():
-                bad = int(np.argmin(ok))
-                raise FloatingPointError(
-                    f"non-finite loss, gradient or parameter at step {step + bad + 1} (loss = "
-                    f"{losses[bad]}); training stopped and this state was not saved; {where}"
-                )
-            params, ema, opt_state = new_carry
-            history["step"].append(np.arange(step + 1, stop + 1, dtype=np.int64))
-            history["loss"].append(losses)
-            for k in aux_names:
-                history[k].append(np.asarray(aux[k])[:n])
-            for k in absent_step:
-                history[k].append(nan_log(n, old[k].dtype))
-            step = stop
-            postfix = {"loss": f"{losses.mean():.4g}"}
-            if val_data is not None and step % val_every == 0:
-                out = val_loss(ema, rest, val_data, val_loss_key, loss_fn)
-                v, vaux = out if aux_spec is not None else (out, {})
-                v = np.asarray(v)
-                history["val_step"].append(np.array([step], np.int64))
-                history["val_loss"].append(v.reshape(1))
-                for k, dt in aux_spec or ():
-                    history["val_" + k].append(np.asarray(vaux[k]).astype(dt).reshape(1))
-                for k in absent_val:
-                    history[k].append(nan_log(1, old[k].dtype))
-                postfix["val"] = f"{float(v):.4g}"
-            if checkpoint is not None and (
-                step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
-            ):
-                save()
-                last_saved = step
-            if callback is not None and step % callback_every == 0:
-                stop_requested = callback(step, current_state()) is True
-                if stop_requested and checkpoint is not None and last_saved != step:
+            job = dispatch((params, ema, opt_state), step) if step < num_steps else None
+            while job is not None:
+                first, stop, (new_carry, (losses, aux, ok)) = job
+                n = stop - first
+                job, pending_error = None, None
+                if not host_event(stop):
+                    try:
+                        job = dispatch(new_carry, stop)
+                    except Exception as e:  # noqa: BLE001  (reported once this chunk is read)
+                        pending_error = e
+                try:
+                    losses, ok = np.asarray(losses)[:n], np.asarray(ok)[:n]
+                    aux = None if aux is None else {k: np.asarray(v)[:n] for k, v in aux.items()}
+                except Exception as e:  # noqa: BLE001
+                    failed(e, first, stop)
+                if not ok.all():
+                    bad = int(np.argmin(ok))
+                    raise FloatingPointError(
+                        f"non-finite loss, gradient or parameter at step {first + bad + 1} (loss "
+                        f"= {losses[bad]}); training stopped and this state was not saved; "
+                        f"{where()}"
+                    )
+                if pending_error is not None:
+                    raise pending_error
+                params, ema, opt_state = new_carry
+                history["step"].append(np.arange(first + 1, stop + 1, dtype=np.int64))
+                history["loss"].append(losses)
+                for k in aux_names:
+                    history[k].append(aux[k])
+                for k in absent_step:
+                    history[k].append(nan_log(n, old[k].dtype))
+                step = stop
+                postfix = {"loss": f"{losses.mean():.4g}"}
+                if job is None:  # the host acts here: the time it takes is not training time
+                    train_seconds += time.perf_counter() - t1
+                if val_data is not None and step % val_every == 0:
+                    out = val_loss(ema, rest, val_data, val_loss_key, loss_fn)
+                    v, vaux = out if aux_spec is not None else (out, {})
+                    v = np.asarray(v)
+                    history["val_step"].append(np.array([step], np.int64))
+                    history["val_loss"].append(v.reshape(1))
+                    for k, dt in aux_spec or ():
+                        history["val_" + k].append(np.asarray(vaux[k]).astype(dt).reshape(1))
+                    for k in absent_val:
+                        history[k].append(nan_log(1, old[k].dtype))
+                    postfix["val"] = f"{float(v):.4g}"
+                if checkpoint is not None and (
+                    step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
+                ):
                     save()
                     last_saved = step
-            postfix["steps/s"] = f"{(step - start_step) / max(train_seconds, 1e-9):.0f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(n)
+                if callback is not None and step % callback_every == 0:
+                    stop_requested = callback(step, current_state()) is True
+                    if stop_requested and checkpoint is not None and last_saved != step:
+                        save()
+                        last_saved = step
+                busy = train_seconds + (time.perf_counter() - t1 if job is not None else 0.0)
+                postfix["steps/s"] = f"{(step - start_step) / max(busy, 1e-9):.0f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(n)
+                if job is None and step < num_steps and not stop_requested:
+                    t1 = time.perf_counter()
+                    job = dispatch((params, ema, opt_state), step)
     finally:
         bar.close()
     final = current_state()

@@ -104,7 +104,9 @@ def main(devices, checkpoint, mode):
             "sample_ode_rk4": lambda x: dg.solve.sample_ode(net, x, solver="rk4", steps=8).x,
             "sample_ode_adaptive": lambda x: dg.solve.sample_ode(net, x, per_sample=True).x,
             "sample_sde": lambda x: dg.solve.sample_sde(sde, x, key=jr.key(3), steps=16).x,
-            "log_prob": lambda x: dg.cnf.log_prob(net, x)[0],
+            "log_prob": lambda x: dg.cnf.log_prob(net, x, error_control="per_sample")[0],
+            # the default batched control: its RMS norm over the batch sums in another order
+            "log_prob_rms": lambda x: dg.cnf.log_prob(net, x)[0],
             "dpm++2m": lambda x: dg.solve.sample_ode(field, x, solver="dpm++2m", steps=6).x,
             "unipc": lambda x: dg.solve.sample_ode(field, x, solver="unipc", steps=6).x,
         }.items():

@@ -147,3 +147,49 @@ def test_sample_ode_memoised_check_keeps_answers_and_errors():
     solve.sample_ode(Decay(jnp.ones(2)), x0, solver="euler", steps=4)
     with pytest.raises((ValueError, TypeError)):
         solve.sample_ode(Decay(jnp.ones(2)), jnp.ones((5, 3)), solver="euler", steps=4)
+
+
+class Scalar(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, t, x, args=None):
+        return self.w * x
+
+
+def checked_loss(message):
+    """Loss w with an ``eqx.error_if`` (as in cnf.log_prob) failing once w < 0.5."""
+
+    def loss(model, key, batch):
+        del key, batch
+        return eqx.error_if(model.w, model.w < 0.5, message)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "message, kind",
+    [("non-finite state at t=0.3", FloatingPointError), ("reached max_steps", RuntimeError)],
+)
+def test_check_inside_the_loss_names_its_chunk_with_chunks_dispatched_ahead(message, kind):
+    # SGD 1/64 on loss w: w = 1 - k/64 after k steps, so the check fails at step 34, inside the
+    # 4th chunk of 10 (chunks 1-3 are read while the next one already runs)
+    with pytest.raises(kind, match=rf"during steps 31\.\.40: {message}; training stopped"):
+        fit(Scalar(jnp.array(1.0)), checked_loss(message), jnp.zeros((4, 1)),
+            optimizer=optax.sgd(1 / 64), key=jr.key(0), num_steps=100, batch_size=2,
+            steps_per_call=10, progress=False)  # fmt: skip
+
+
+def test_chunks_dispatched_ahead_stop_at_callbacks_with_the_state_of_that_step():
+    seen = []
+
+    def callback(step, state):
+        seen.append((step, float(state.model.w)))
+        return step == 30
+
+    res = fit(Scalar(jnp.array(1.0)), lambda m, k, b: m.w, jnp.zeros((4, 1)),
+              optimizer=optax.sgd(1 / 64), key=jr.key(0), num_steps=100, batch_size=2,
+              steps_per_call=10, callback=callback, callback_every=15, progress=False)  # fmt: skip
+    assert seen == [(15, 1 - 15 / 64), (30, 1 - 30 / 64)]
+    assert res.step == 30 and float(res.model.w) == 1 - 30 / 64
+    np.testing.assert_array_equal(res.history["step"], np.arange(1, 31))
+    np.testing.assert_array_equal(res.history["loss"], 1 - np.arange(30) / 64)

@@ -102,3 +102,22 @@ def test_adaptive_nll_gradient_matches_finite_differences(x64, key, error_contro
     shift = lambda e: jax.tree_util.tree_map(lambda a, d: a + e * d, params, direction)  # noqa: E731
     fd = (loss(shift(h)) - loss(shift(-h))) / (2 * h)
     np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-5)
+
+
+def test_default_solver_is_bosh3_at_loose_and_dopri5_at_tight_tolerances(key):
+    field = TanhField(jr.normal(key, (2, 2)), jnp.array([0.3, -0.2]))
+    x = jr.normal(jr.fold_in(key, 1), (6, 2))
+    for tol, named in ((None, "bosh3"), (5e-5, "bosh3"), (1e-5, "dopri5"), (1e-7, "dopri5")):
+        kw = {} if tol is None else dict(rtol=tol, atol=tol)
+        a, na = cnf.log_prob(field, x, **kw)
+        b, nb = cnf.log_prob(field, x, solver=named, **kw)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert float(na) == float(nb)
+    # one tight tolerance is enough for dopri5; fixed steps keep dopri5 as before
+    a, _ = cnf.log_prob(field, x, rtol=1e-4, atol=1e-6)
+    b, _ = cnf.log_prob(field, x, solver="dopri5", rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    a, na = cnf.log_prob(field, x, steps=4)
+    b, nb = cnf.log_prob(field, x, solver="dopri5", steps=4)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(na) == float(nb) == 1 + 4 * 6  # FSAL dopri5: 6 new evaluations per step

@@ -58,6 +58,9 @@ def test_samplers_and_likelihoods_keep_the_batch_split_and_the_numbers(four):
     for name in names:
         assert out[name]["sharding"] == "P('data',)", name
         assert out[name]["max_diff"] == 0.0, name  # per-sample work: bit-identical
+    # one batched solve: the error norm sums over the devices' rows in another order
+    assert out["log_prob_rms"]["sharding"] == "P('data',)"
+    assert out["log_prob_rms"]["max_diff"] < 1e-5
 
 
 def test_a_batch_that_does_not_divide_the_devices_is_refused(four):
