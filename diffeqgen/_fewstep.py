@@ -865,8 +865,8 @@ def optimize_grid(
         x0: pilot noise ``(n, *event)`` at t0, drawn like the noise to be sampled from.
         solver: a name in ``FEWSTEP_SAMPLERS`` or a deterministic ``FewStepSampler``.
         steps: number of grid intervals (taken from ``init`` when that is an array).
-        init: starting grid, a name in ``GRIDS`` (default: the sampler's own) or an array of
-            times.
+        init: starting grid, a name in ``GRIDS`` or an array of times; default the named
+            grid with the smallest pilot error (each tried once on the pilot batch).
         iters: Adam iterations.
         learning_rate: Adam step size on the log interval lengths.
         t0: start (noise side).
@@ -879,7 +879,8 @@ def optimize_grid(
     Returns:
         ``(ts, info)``: the times ``(steps + 1,)`` from t0 to t1, and a dict with
         ``pilot_error`` and ``initial_error`` (RMS endpoint distance to the reference on the
-        pilot batch with the fitted and the starting grid), ``n_pilot``, ``reference_nfe``
+        pilot batch with the fitted and the starting grid), ``start`` (the starting grid's
+        name, or ``"given"``), ``n_pilot``, ``reference_nfe``
         (per pilot sample, max over samples), ``iters`` and ``sampler_nfe`` (per sample per
         iteration; the pilot cost per pilot sample is
         ``reference_nfe + iters * sampler_nfe`` evaluations and as many vector-Jacobian
@@ -904,9 +905,6 @@ def optimize_grid(
     x = _check_x0(x0)
     packed = pack(args, cond, x.shape[0], "optimize_grid")
     _check_output("vector_field", vector_field, c0, x, packed)
-    if ts is None:
-        ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
-    ts = ts.astype(x.dtype)
     if tol is None:
         tol = 1e-10 if x.dtype == jnp.float64 else 1e-6
     tol = float(check_positive("tol", tol))
@@ -915,6 +913,20 @@ def optimize_grid(
     den = _data_prediction(vector_field, path)
     first_deg = _degenerate(path, c0, "alpha")
     last_deg = _degenerate(path, c1, "sigma")
+    start = "given" if ts is not None else grid
+    if init is None:  # start from the named grid that does best on the pilot
+        named = {g: time_grid(path, g, steps, c0, c1, dtype=x.dtype) for g in GRIDS}
+        rms = {}
+        for g, times in named.items():  # a traced grid: one compilation serves all of them
+            out, _ = _run(sampler, den, path, x, packed, None, c0, c1, steps, None, first_deg,
+                          last_deg, times)  # fmt: skip
+            err = float(jnp.sqrt(jnp.mean(jnp.sum((out - ref.x).reshape(x.shape[0], -1) ** 2, -1))))
+            rms[g] = err if np.isfinite(err) else np.inf
+        start = min(rms, key=rms.get)
+        ts = named[start]
+    elif ts is None:
+        ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
+    ts = ts.astype(x.dtype)
     theta, loss, nfe = _fit_grid(
         sampler, den, path, x, ref.x, packed, ts, c0, c1, steps, first_deg, last_deg,
         iters, jnp.asarray(learning_rate, x.dtype),
@@ -928,6 +940,7 @@ def optimize_grid(
     info = dict(
         pilot_error=float(np.exp(0.5 * np.nanmin(losses))),
         initial_error=float(np.exp(0.5 * losses[0])),
+        start=start,
         n_pilot=int(x.shape[0]),
         reference_nfe=int(ref.nfe),
         iters=iters,

@@ -420,6 +420,18 @@ def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
     start = solve.sample_ode(field, fresh, solver="unipc", steps=8, grid="uniform")
     assert fitted.nfe == start.nfe == 8
     assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)
+    assert info["start"] == "uniform"
+    # init=None starts from the named grid with the smallest pilot error
+    _, auto = solve.optimize_grid(field, pilot, solver="unipc", steps=8, iters=2)
+    pilot_ref = solve.sample_ode(
+        field, pilot, solver="dopri8", rtol=1e-10, atol=1e-10, per_sample=True
+    ).x
+    named = {
+        g: _rms(solve.sample_ode(field, pilot, solver="unipc", steps=8, grid=g).x, pilot_ref)
+        for g in solve.GRIDS
+    }
+    assert auto["start"] == min(named, key=named.get)
+    assert auto["initial_error"] == pytest.approx(min(named.values()), rel=1e-6)
     with pytest.raises(ValueError, match="stochastic"):
         solve.optimize_grid(field, pilot, solver=solve.EDMHeun(churn=1.0), steps=4)
     with pytest.raises(ValueError, match="steps"):
