@@ -356,14 +356,10 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig,
     return jax.lax.scan(lambda carry, i: do(carry, step0 + i), carry, steps)
 
 
-_COMPILED: dict = {}
-_COMPILED_SIZE = 32
-
-
 def compiled_chunk(args: tuple) -> tuple[Callable, float]:
     """``(executable, compile seconds)`` of `run_chunk` for these arguments, compiled once.
 
-    The executable is cached at module level under the abstract key of the arguments (tree
+    The executable is memoised (``_memo.cached``) under the abstract key of the arguments (tree
     structure, array shapes and dtypes, every non-array leaf including the static
     `StepConfig`), so a later `fit` call with the same objects and shapes neither traces nor
     lowers again (that cost ~3 ms per call). Calling it does not block (unlike
@@ -374,21 +370,19 @@ def compiled_chunk(args: tuple) -> tuple[Callable, float]:
     differently, so there `run_chunk` itself is returned (compiled here, dispatched by
     ``eqx.filter_jit``, which waits for each chunk).
     """
-    if jax.device_count() > 1:  # placement matters: jit's own dispatch moves what it must
+    seconds = 0.0
+
+    def compile_now():
+        nonlocal seconds
         t = time.perf_counter()
-        run_chunk.lower(*args).compile()
-        return run_chunk, time.perf_counter() - t
-    key = abstract_key(args)
-    exe = None if key is None else _COMPILED.get(key)
-    if exe is not None:
-        return exe, 0.0
-    t = time.perf_counter()
-    exe = run_chunk.lower(*args).compile()
-    seconds = time.perf_counter() - t
-    if key is not None:
-        if len(_COMPILED) >= _COMPILED_SIZE:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = exe
+        exe = run_chunk.lower(*args).compile()
+        seconds = time.perf_counter() - t
+        return exe
+
+    if jax.device_count() > 1:  # placement matters: jit's own dispatch moves what it must
+        compile_now()
+        return run_chunk, seconds
+    exe = cached(("run_chunk", abstract_key(args)), compile_now)
     return exe, seconds
 
 
