@@ -288,6 +288,20 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _all_finite_pair(grads, params) -> jax.Array:
+    """``_all_finite(grads) & _all_finite(params)`` with one reduction per parameter array.
+
+    Each gradient leaf is checked together with its parameter leaf (same shape): one fused
+    ``all(isfinite(g) & isfinite(p))`` per leaf. Checking the two trees apart cost a fit step
+    of a 4-layer MLP ~20 us on CPU (~6% at batch 256, issue 12), this ~2 us.
+    """
+    gs, ps = jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)
+    if len(gs) != len(ps) or any(jnp.shape(g) != jnp.shape(p) for g, p in zip(gs, ps, strict=True)):
+        return _all_finite(grads) & _all_finite(params)
+    flags = [jnp.all(jnp.isfinite(g) & jnp.isfinite(p)) for g, p in zip(gs, ps, strict=True)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
 def cast_aux(aux: dict, spec) -> dict:
     """The aux dict of a loss as 0-d arrays with the logged dtypes of ``spec``."""
     return {k: jnp.asarray(aux[k]).astype(dtype) for k, dtype in spec}
@@ -336,7 +350,7 @@ def run_chunk(carry, rest, data, step0, n_active, train_key, config: StepConfig,
         ema = jax.tree_util.tree_map(
             lambda e, p: e + (1 - d).astype(e.dtype) * (p - e), ema, eqx.combine(params, frozen)
         )
-        ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        ok = jnp.isfinite(loss) & _all_finite_pair(grads, params)
         return (params, ema, opt_state), (loss.astype(loss_dtype), aux, ok)
 
     if masked:  # a loop of exactly n_active updates; the outputs padded to steps_per_call

@@ -195,6 +195,65 @@ def sqrt_loss(model, key, batch):
     return jnp.where(model.w > 0, model.w, jnp.nan)
 
 
+class TwoWeights(eqx.Module):
+    u: jax.Array
+    w: jax.Array
+
+
+def kink_loss(model, key, batch):
+    """Loss u + w, finite, whose w-gradient is NaN (1 + 0 * inf) where w = 1 - 10/64 exactly.
+
+    SGD at lr 1/64 moves u and w by exactly -1/64 a step: at step 11 the loss is 2 - 20/64.
+    """
+    del key, batch
+    return model.u + model.w + 0.0 * jnp.sqrt(jnp.maximum(model.w - (1 - 10 / 64), 0.0))
+
+
+def overflow_loss(model, key, batch):
+    """Finite loss and gradient (3e38 on w); an SGD step of lr 10 overflows w to -inf."""
+    del key, batch
+    return model.u + 3e38 * model.w
+
+
+@pytest.mark.parametrize(
+    "loss, step, value",
+    [(kink_loss, 11, 2 - 20 / 64), (overflow_loss, 1, 1 + 3e38)],
+    ids=["nan-gradient", "inf-parameter"],
+)
+def test_non_finite_gradient_or_parameter_with_finite_loss_names_step(loss, step, value):
+    """The per-step check covers every gradient and parameter leaf, not only the loss.
+
+    SGD at lr 1/64 moves w by exactly -1/64 a step, so the NaN gradient of ``kink_loss`` comes
+    at step 11 with the loss and (the update skipped by ``optax.apply_if_finite``) the parameters
+    still finite; ``overflow_loss`` overflows the second parameter at step 1 with a finite loss
+    and gradient. Each case is caught by one half of the check only.
+    """
+    # apply_if_finite skips the NaN update: the parameters stay finite, only the gradient is not
+    opt = optax.apply_if_finite(optax.sgd(1 / 64), 100) if loss is kink_loss else optax.sgd(10.0)
+    model = TwoWeights(jnp.array(1.0), jnp.array(1.0))
+    with pytest.raises(FloatingPointError, match=f"at step {step} .loss = ") as info:
+        fit(model, loss, jnp.zeros((4, 1)), optimizer=opt, key=jr.key(0),
+            num_steps=30, batch_size=2, steps_per_call=8, progress=False)  # fmt: skip
+    assert np.isfinite(value) and f"loss = {np.float32(value)}" in str(info.value)
+
+
+def test_pair_check_equals_separate_checks():
+    """``_all_finite_pair(g, p)`` is ``_all_finite(g) & _all_finite(p)`` wherever a NaN/inf is."""
+    from diffeqgen._train_step import _all_finite, _all_finite_pair
+
+    tree = {"a": jnp.ones((3, 2)), "b": jnp.ones(4), "c": jnp.ones(())}
+    cases = [(tree, tree)]
+    for leaf in tree:
+        for bad in (jnp.nan, jnp.inf, -jnp.inf):
+            broken = {**tree, leaf: tree[leaf].at[(0,) * tree[leaf].ndim].set(bad)}
+            cases += [(broken, tree), (tree, broken)]
+    for g, p in cases:
+        want = bool(_all_finite(g) & _all_finite(p))
+        assert bool(_all_finite_pair(g, p)) == want
+        assert bool(jax.jit(_all_finite_pair)(g, p)) == want
+    assert not bool(_all_finite_pair(cases[1][0], {"x": jnp.ones(2)}))  # other structure
+
+
 def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tmp_path):
     path = tmp_path / "run.ckpt"
     model = Line(jnp.array(1.0))
