@@ -5,6 +5,7 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -153,14 +154,23 @@ def check_solve(
     return tree, status
 
 
+_STATUS_KEYS = ("result", "finite", "num_steps", "t_reached", "nfe", "num_accepted", "num_rejected")
+
+
 def _finish(out: dict, **kwargs) -> Solution:
     """Turn the jitted core's output into a ``Solution``; raise on a failed solve (``throw``).
 
     Keyword arguments as in ``check_solve``.
     """
+    per_sample = jnp.ndim(out["num_steps"]) > 0
+    nfe_each = out["nfe"]
+    stats = [k for k in _STATUS_KEYS if k in out]
+    if not any(isinstance(out[k], jax.core.Tracer) for k in stats):
+        # an eager call: the status and counts come to the host in one transfer (one each
+        # cost a sync apiece, ~8 per call)
+        out = {**out, **jax.device_get({k: out[k] for k in stats})}
     (x, xs), status = check_solve(out, (out["x"], out["xs"]), **kwargs)
     del status["ok_each"]
-    per_sample = jnp.ndim(out["num_steps"]) > 0
     if concrete(status["ok"]) is None:
         conv = (lambda v: v if v is None else jnp.max(v)) if per_sample else (lambda v: v)
     else:
@@ -176,7 +186,7 @@ def _finish(out: dict, **kwargs) -> Solution:
         num_steps=conv(out["num_steps"]),
         num_accepted=conv(out["num_accepted"]),
         num_rejected=conv(out["num_rejected"]),
-        nfe_per_sample=out["nfe"] if per_sample else None,
+        nfe_per_sample=nfe_each if per_sample else None,
         **status,
     )
 

@@ -23,6 +23,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_positive
@@ -67,6 +68,7 @@ from ._solvers import (
     _check_output,
     _check_times,
     _check_x0,
+    _concrete,
     _time_arrays,
     eager_fsal,
     get_solver,
@@ -101,6 +103,23 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------- ODEs
+
+
+def _core_scalar(value, dtype):
+    """``value`` as a 0-d array of ``dtype`` for the compiled core.
+
+    Concrete values become NumPy scalars (the jitted call transfers them with its other
+    arguments): ``jnp.asarray`` ran one small eager XLA conversion per scalar, four per
+    ``sample_ode`` call (issue 12). Traced values (inside the user's jit) stay traced. Same
+    rounding either way (float32/float64/int32 only; other dtypes take ``jnp.asarray``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype in _HOST_DTYPES and _concrete(value) is not None:
+        return np.asarray(value, dtype)
+    return jnp.asarray(value, dtype)
+
+
+_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32))
 
 
 @eqx.filter_jit
@@ -238,7 +257,10 @@ def sample_ode(
         raise TypeError(f"vector_field must be callable f(t, x, args), got {type(vector_field)}")
     ts = _check_saveat(saveat, c0, c1, x0.dtype)
     _check_output("vector_field", vector_field, t0, x0, args)
-    t0a, t1a = _time_arrays(t0, t1, x0.dtype)
+    if c0 is not None and c1 is not None:
+        t0a, t1a = _core_scalar(t0, x0.dtype), _core_scalar(t1, x0.dtype)
+    else:
+        t0a, t1a = _time_arrays(t0, t1, x0.dtype)
     out = _ode_core(
         vector_field,
         x0,
@@ -247,9 +269,9 @@ def sample_ode(
         ts,
         args,
         solver_obj,
-        None if steps is None else jnp.asarray(steps, jnp.int32),
-        jnp.asarray(rtol, x0.dtype) if steps is None else None,
-        jnp.asarray(atol, x0.dtype) if steps is None else None,
+        None if steps is None else _core_scalar(steps, jnp.int32),
+        _core_scalar(rtol, x0.dtype) if steps is None else None,
+        _core_scalar(atol, x0.dtype) if steps is None else None,
         bool(per_sample),
         max_steps if steps is None else _loop_bound(steps),
     )
