@@ -532,7 +532,7 @@ def fit(
         return executables[masked], 0.0
 
     every = [e for e in (val_every, checkpoint_every, callback_every) if e is not None]
-    val_loss_key = jr.fold_in(val_key, 1)
+    val_loss_key = None if val_data is None else jr.fold_in(val_key, 1)  # no eager op unless used
     t0 = time.perf_counter()
     if step < num_steps:  # trace + compile the first chunk's executable (no warm-up run)
         executable(step, _next_stop(step, num_steps, [steps_per_call, *every]) - step)
@@ -592,7 +592,9 @@ def fit(
     # chunk with a bad step stops training before its outputs are adopted, so the state and
     # the last checkpoint are those before it; a chunk dispatched after it is discarded.
     start_step, train_seconds, stop_requested, t1 = step, 0.0, False, 0.0
-    bar = tqdm(total=num_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = None  # progress=False: no bar and no per-chunk formatting of its text
+    if progress:
+        bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
     try:
         with quiet_callbacks():
             t1 = time.perf_counter()
@@ -628,7 +630,7 @@ def fit(
                 for k in absent_step:
                     history[k].append(nan_log(n, old[k].dtype))
                 step = stop
-                postfix = {"loss": f"{losses.mean():.4g}"}
+                postfix = {"loss": f"{losses.mean():.4g}"} if bar is not None else {}
                 if job is None:  # the host acts here: the time it takes is not training time
                     train_seconds += time.perf_counter() - t1
                 if val_data is not None and step % val_every == 0:
@@ -641,7 +643,8 @@ def fit(
                         history["val_" + k].append(np.asarray(vaux[k]).astype(dt).reshape(1))
                     for k in absent_val:
                         history[k].append(nan_log(1, old[k].dtype))
-                    postfix["val"] = f"{float(v):.4g}"
+                    if bar is not None:
+                        postfix["val"] = f"{float(v):.4g}"
                 if checkpoint is not None and (
                     step == num_steps or (checkpoint_every and step % checkpoint_every == 0)
                 ):
@@ -652,15 +655,17 @@ def fit(
                     if stop_requested and checkpoint is not None and last_saved != step:
                         save()
                         last_saved = step
-                busy = train_seconds + (time.perf_counter() - t1 if job is not None else 0.0)
-                postfix["steps/s"] = f"{(step - start_step) / max(busy, 1e-9):.0f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(n)
+                if bar is not None:
+                    busy = train_seconds + (time.perf_counter() - t1 if job is not None else 0.0)
+                    postfix["steps/s"] = f"{(step - start_step) / max(busy, 1e-9):.0f}"
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(n)
                 if job is None and step < num_steps and not stop_requested:
                     t1 = time.perf_counter()
                     job = dispatch((params, ema, opt_state), step)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     final = current_state()
     trained = step - start_step
     return TrainResult(
