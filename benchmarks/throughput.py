@@ -25,7 +25,8 @@ d. **CNF maximum-likelihood training step**, batch 512, dopri5 at rtol = atol = 
    same by hand with Diffrax and against torchdiffeq ``odeint`` + ``backward()`` + Adam.
 
 Timing: every implementation is called once first (JAX compile; reported as "first call minus
-the median"), then the implementations are interleaved, round-robin over ``--repeats``, so
+the median"), then the implementations are interleaved, round-robin over ``--repeats`` with
+the order rotated each round (none always follows the same one, e.g. a 2-thread PyTorch run), so
 that load from other processes hits them alike; medians with min-max ranges; every JAX timer
 blocks on its result. Ratios are within this one run. Each figure is also given as a fraction of
 the machine's float32 matmul rate measured in the same run (a 1024 x 1024 JAX matmul) from an
@@ -106,6 +107,8 @@ def block(tree):
 def interleaved(fns: dict, repeats: int) -> dict:
     """First call of each (compile), then ``repeats`` round-robin rounds; seconds per call.
 
+    Round ``r`` starts at the ``r``-th implementation (rotated order).
+
     PyTorch thread settings of one implementation are named ``"impl@threads"``: a setting whose
     first call is over 2x slower than the group's fastest first call (oversubscribed threads on
     a busy machine run 10-100x slower) is dropped from the rounds; its row then holds that one
@@ -124,8 +127,12 @@ def interleaved(fns: dict, repeats: int) -> dict:
     for names in groups.values():
         fastest = min(out[n]["first"] for n in names)
         dropped |= {n for n in names if out[n]["first"] > 2 * fastest}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns)
+    for r in range(repeats):
+        # each round starts one implementation later, so none always runs right after the same
+        # one (e.g. the lead implementation after a 2-thread PyTorch run in every round)
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            fn = fns[name]
             if name in dropped:
                 continue
             t = time.perf_counter()
