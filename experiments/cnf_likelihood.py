@@ -6,14 +6,12 @@ The main study of diffeqgen. Writes to ``--out`` (default ``results/cnf_likeliho
    dz/dt = logm(A) z; the CNF log-density beside the analytic N(0, A A^T), and the error.
 2. ``tanh_flow.png``: the flow dz/dt = tanh(z^3) from N(0, I): 2D histograms of samples at
    t = 0, .1, ..., .5 beside CNF densities, against the exact 1D change of variables.
-3. ``ml_cnf.png``: maximum-likelihood CNFs (``--datasets``): NLL curves, samples, model and true
-   densities. Each starts from the flow-matching model of 5 (pretraining, cheap) and is
-   fine-tuned by ``cnf.nll_loss``; the gap is the model's NLL minus the data's exact NLL on the
-   same test points (a KL estimate, nats, with its standard error).
+3 and 5. ``ml_cnf.png``: per dataset (``--datasets``) a ``cnf.CNF`` trained by flow matching on
+   the linear path (5), then fine-tuned by maximum likelihood with ``cnf.nll_loss`` (3): NLL
+   curves, samples, model and true densities. The gap is the model's NLL minus the data's exact
+   NLL on the same test points (a KL estimate, nats, with its standard error).
 4. ``solver_study.png``: log-likelihood error against NFE for euler, midpoint, rk4, tsit5, dopri5
    (fixed steps and tolerances) against a float64 reference; exact trace vs Hutchinson probes.
-5. The flow-matching model (a ``cnf.CNF`` trained by flow matching on the linear path), scored
-   through its probability-flow ODE by the same ``cnf.log_prob`` (in ``ml_cnf.png``).
 
 Also ``metrics.json`` (every number), ``summary.md`` and a table printed at the end.
 
