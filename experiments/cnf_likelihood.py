@@ -55,7 +55,7 @@ SETTINGS = dict(  # name=(full, --quick)
     lin_grid=(60, 20), tanh_n=(3000, 500), tanh_bins=(30, 12),  # sections 1 and 2
     n_test=(4000, 200), n_train=(100_000, 20_000), n_val=(500, 200), grid=(60, 16),
     chunk=(500, 200), fm_steps=(30000, 2000), width=(128, 32), ml_batch=(64, 128),
-    ml_lr=(5e-3, 1e-3), fm_lr=(5e-3, 2e-3), ml_every=(100, 20),
+    ml_lr=(2e-3, 1e-3), fm_lr=(5e-3, 2e-3), ml_every=(100, 20),
     fixed_steps=((2, 4, 8, 16, 32, 64, 128, 256), (2, 8)),  # section 4
     tols=((1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8), (1e-3,)),
     solvers=(("euler", "midpoint", "rk4", "tsit5", "dopri5"), ("euler",)),
