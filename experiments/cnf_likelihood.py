@@ -49,11 +49,11 @@ FM_LOSS = losses.get_loss("flow_matching", path=PATH)
 # --quick: every float32 likelihood solve has 200 rows (chunk = n_test = n_solver =
 # n_hutch * hutch_reps), so each field compiles its solve once.
 SETTINGS = dict(  # name=(full, --quick)
-    datasets=("8gaussians,checkerboard,pinwheel", "8gaussians"), steps=(300, 20),
+    datasets=("8gaussians,checkerboard,pinwheel", "8gaussians"), steps=(1200, 20),
     lin_grid=(60, 20), tanh_n=(3000, 500), tanh_bins=(30, 12),  # sections 1 and 2
     n_test=(4000, 200), n_train=(100_000, 20_000), n_val=(500, 200), grid=(60, 16),
-    chunk=(500, 200), fm_steps=(20000, 2000), width=(128, 32), ml_batch=(128, 128),
-    ml_lr=(2e-3, 1e-3),
+    chunk=(500, 200), fm_steps=(30000, 2000), width=(128, 32), ml_batch=(64, 128),
+    ml_lr=(2e-3, 1e-3), fm_lr=(5e-3, 2e-3), ml_every=(100, 20),
     fixed_steps=((2, 4, 8, 16, 32, 64, 128, 256), (2, 8)),  # section 4
     tols=((1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8), (1e-3,)),
     solvers=(("euler", "midpoint", "rk4", "tsit5", "dopri5"), ("euler",)),
@@ -82,7 +82,7 @@ def parse_args(argv=None):
     cfg["datasets"] = args.datasets or cfg["datasets"].split(",")
     args.ev = dict(solver=args.solver, rtol=args.rtol, atol=args.atol)  # every likelihood solve
     args.optimizers = dict(  # one object each, shared by every dataset (one compile)
-        fm=train.make_optimizer(2e-3, schedule="cosine", num_steps=max(cfg["fm_steps"], 2)),
+        fm=train.make_optimizer(cfg["fm_lr"], schedule="cosine", num_steps=max(cfg["fm_steps"], 2)),
         ml=train.make_optimizer(
             cfg["ml_lr"], schedule="cosine", num_steps=max(cfg["steps"], 2), grad_clip=1.0
         ),
@@ -229,7 +229,7 @@ def train_models(args, name, key) -> dict:
     # compiled training step per loss (a sampler function would compile each anew).
     train_set = data.sample(name, train_key, cfg["n_train"])
     model = cnf.CNF(2, width=cfg["width"], depth=3, activation="silu", key=model_key)
-    fm_steps, ml_steps, every = cfg["fm_steps"], cfg["steps"], min(50, cfg["steps"])
+    fm_steps, ml_steps, every = cfg["fm_steps"], cfg["steps"], min(cfg["ml_every"], cfg["steps"])
     fm = _common.fit(
         args, f"fm_{name}.eqx", model, FM_LOSS, train_set, optimizer=args.optimizers["fm"],
         key=fm_key, num_steps=fm_steps, batch_size=256, steps_per_call=min(1000, fm_steps),
