@@ -225,10 +225,16 @@ def log_prob(
 
 
 def _log_prob(
-    vector_field, x, *, t0, t1, base, solver, steps, rtol, atol, trace, num_probes, probe, key,
-    args, cond, per_sample, adjoint, max_steps, throw, error_control, pid=None,
+    vector_field, x, *, t0=0.0, t1=1.0, base=None, solver=None, steps=None, rtol=DEFAULT_TOL,
+    atol=DEFAULT_TOL, trace="exact", num_probes=1, probe="rademacher", key=None, args=None,
+    cond=None, per_sample=None, adjoint=None, max_steps=None, throw=True, error_control=None,
+    pid=None,
 ):  # fmt: skip
-    """``log_prob`` with step-size control coefficients ``pid`` (None: ``PI_COEFFS``)."""
+    """``log_prob`` (same defaults) with step-size control coefficients ``pid`` (None: PI).
+
+    ``nll_loss`` calls it with ``TRAIN_COEFFS``; ``benchmarks/throughput.py`` too, for the NFE
+    of a training step's forward solve.
+    """
     x = _check_points(x)
     args = pack(args, cond, x.shape[0], "cnf.log_prob")
     solver = _auto_solver(solver, steps, rtol, atol)
@@ -657,9 +663,6 @@ def nll_loss(
         adjoint=adjoint,
         throw=bool(throw),
         error_control=error_control,
-        args=None,
-        per_sample=None,
-        max_steps=None,
     )
     if throw:
         return -jnp.mean(log_p)
