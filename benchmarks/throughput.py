@@ -22,7 +22,9 @@ c. **Exact CNF log-likelihood** of 10,000 data points: ``cnf.log_prob`` with its
    sample). The goal compares the default with torchdiffeq: faster at no larger max error.
 d. **CNF maximum-likelihood training step**, batch 512, dopri5 at rtol = atol = 1e-5:
    ``cnf.nll_loss`` through ``eqx.filter_value_and_grad`` + Optax Adam (jitted) against the
-   same by hand with Diffrax and against torchdiffeq ``odeint`` + ``backward()`` + Adam.
+   same by hand with Diffrax and against torchdiffeq ``odeint`` + ``backward()`` + Adam; all
+   three discretise-then-optimise with I-controlled steps (``nll_loss``'s adaptive steps,
+   Diffrax's and torchdiffeq's default control) and the exact trace; forward NFE of each.
 
 Timing: every implementation is called once first (JAX compile; reported as "first call minus
 the median"), then the implementations are interleaved, round-robin over ``--repeats`` with
@@ -664,8 +666,10 @@ def cnf_training(model, x, repeats, matmul, torch_why):
         for threads in (1, 2):
             fns[f"torch@{threads}"] = torch_threads(torch_cnf_step(model, x, values), threads)
     t = interleaved(fns, repeats)
-    # forward NFE: what nll_loss's solve makes (log_prob with the same options), plain Diffrax's
-    _, nfe_lib = cnf.log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL)
+    # forward NFE: what nll_loss's solve makes (its I-controlled steps, cnf.TRAIN_COEFFS, where
+    # log_prob uses PI control), plain Diffrax's
+    _, nfe_lib = cnf._log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL,
+                               pid=cnf.TRAIN_COEFFS)  # fmt: skip
     nfe_plain = 1 + 6 * int(diffrax_logp_batched(model, x)[1])
     n = x.shape[0]
     rows = []

@@ -45,6 +45,7 @@ from ._cnf_core import (
     ERROR_CONTROLS,
     PROBES,
     TRACES,
+    TRAIN_COEFFS,
     _base_log_prob,
     _check_likelihood,
     _default_base,
@@ -199,6 +200,41 @@ def log_prob(
             stalls; ``max_steps`` reached; another solver failure with Diffrax's reason. Inside
             the user's ``jit`` the same checks run as ``equinox.error_if``.
     """
+    return _log_prob(
+        vector_field,
+        x,
+        t0=t0,
+        t1=t1,
+        base=base,
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        trace=trace,
+        num_probes=num_probes,
+        probe=probe,
+        key=key,
+        args=args,
+        cond=cond,
+        per_sample=per_sample,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        throw=throw,
+        error_control=error_control,
+    )
+
+
+def _log_prob(
+    vector_field, x, *, t0=0.0, t1=1.0, base=None, solver=None, steps=None, rtol=DEFAULT_TOL,
+    atol=DEFAULT_TOL, trace="exact", num_probes=1, probe="rademacher", key=None, args=None,
+    cond=None, per_sample=None, adjoint=None, max_steps=None, throw=True, error_control=None,
+    pid=None,
+):  # fmt: skip
+    """``log_prob`` (same defaults) with step-size control coefficients ``pid`` (None: PI).
+
+    ``nll_loss`` calls it with ``TRAIN_COEFFS``; ``benchmarks/throughput.py`` too, for the NFE
+    of a training step's forward solve.
+    """
     x = _check_points(x)
     args = pack(args, cond, x.shape[0], "cnf.log_prob")
     solver = _auto_solver(solver, steps, rtol, atol)
@@ -238,6 +274,7 @@ def log_prob(
         error_control=_error_control(per_sample, error_control),
         adjoint=adjoint,
         max_steps=max_steps,
+        pid=pid,
     )
     log_p, ok = _check_likelihood(
         "cnf.log_prob", vector_field, _base_log_prob(base, z0) - delta, z0, status,
@@ -594,15 +631,23 @@ def nll_loss(
     training a conditional density ``p(x | cond)`` with the model called as ``f(t, x, cond)``.
     A non-finite likelihood raises (``throw=True``, the default; inside ``train.fit`` the error
     is reported with the training steps it happened in); ``throw=False`` returns NaN instead.
+    Adaptive steps (``steps=None``) use I-control (Diffrax's and torchdiffeq's step-size
+    control), where [`log_prob`][] uses PI control: on a trained SELU field (dopri5 1e-5,
+    batch 512) that takes ~20% fewer evaluations per training step (493 against 613) for a
+    gradient about as close to a float64 reference (docs, CNF page). Gradients are
+    discretise-then-optimise (``RecursiveCheckpointAdjoint``); ``adjoint=
+    diffrax.BacksolveAdjoint()`` was ~1.5x faster there but its gradient 4x further from the
+    reference.
     """
     from .losses import _check_float_data, split_batch
 
     x, cond = split_batch(batch)
     _check_float_data(x)
     probe_key = key if trace == "hutchinson" else None
-    log_p, _, *ok = log_prob(
+    log_p, _, *ok = _log_prob(
         model,
         x,
+        pid=TRAIN_COEFFS,
         cond=cond,
         t0=t0,
         t1=t1,
