@@ -8,6 +8,7 @@ import jax.random as jr
 import pytest
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_NO_OPT_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 
 
 def pytest_configure(config):
@@ -22,10 +23,12 @@ def pytest_configure(config):
     os.environ[_CACHE_ENV] = folder
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    os.environ.setdefault(_NO_OPT_ENV, "1")  # see _compiler_optimisation below
     # This process imported JAX before reading the variables (workers read them at import).
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    jax.config.update("jax_disable_most_optimizations", os.environ[_NO_OPT_ENV] == "1")
 
 
 def pytest_unconfigure(config):
@@ -58,6 +61,45 @@ _LONG_MODULES = (
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(_LONG_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
+
+# Modules whose tests spend their time running compiled programs (benchmarks' timing loops,
+# image networks, emulated devices, large exact-field samples), not compiling them: XLA's
+# optimisations pay for themselves there (in a suite run without them these tests took 2-6x
+# longer while the quick studies of experiments/ took less time than with them).
+_OPTIMISED_MODULES = (
+    "test_benchmarks.py",
+    "test_groundtruth.py",
+    "test_image_study.py",
+    "test_images.py",
+    "test_sharding.py",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiler_optimisation(request):
+    """Compile with XLA's optimisations off (``jax_disable_most_optimizations``), except in the
+    modules of ``_OPTIMISED_MODULES``.
+
+    Most tests run small programs once or a few times, and on a CPU the LLVM optimisation of
+    each compiled program costs more than it saves: the CPU time of the fewstep, train and cnf
+    modules fell by a third with them off (383 s against 260 s), and the main study's quick run
+    from 38 s to 33 s, while a quick image study, which trains convolutional networks for
+    hundreds of steps, took 4x longer. Only XLA's code generation changes (results can move at
+    round-off level); the studies' own runs and every user's program keep JAX's default. Study
+    subprocesses inherit the setting through the environment. A user's own
+    ``JAX_DISABLE_MOST_OPTIMIZATIONS`` wins.
+    """
+    if os.environ.get(_NO_OPT_ENV) != "1" or request.path.name not in _OPTIMISED_MODULES:
+        yield
+        return
+    os.environ[_NO_OPT_ENV] = "0"
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        os.environ[_NO_OPT_ENV] = "1"
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture
