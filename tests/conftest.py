@@ -65,9 +65,9 @@ def pytest_collection_modifyitems(session, config, items):
 
 # Modules whose tests spend their time running compiled programs, not compiling them: XLA's
 # optimisations pay for themselves there. Measured module by module on a quiet machine: the image
-# study's quick run took 175 s without them against about 55 s with them; the benchmarks' quick
-# runs, the image-network, sharding and exact-field modules were all faster without them
-# (78 s against 94 s, 32 against 47, 35 against 42, 29 against 32).
+# study's quick run took 175 s without them against about 55 s with them; the solver_accuracy and
+# throughput quick runs, the image-network, sharding and exact-field modules were all faster
+# without them (78 s against 94 s, 32 against 47, 35 against 42, 29 against 32).
 _OPTIMISED_MODULES = ("test_image_study.py",)
 
 
