@@ -245,7 +245,8 @@ def error_vs_nfe(ax, rows, *, metric: str = "mean_abs_error"):
     ``rows`` are dicts with ``solver``, ``mode`` (``"steps"`` or ``"tol"``), ``nfe`` and
     ``metric``, as ``diffeqgen.cnf.error_vs_nfe`` returns; rows whose ``nfe`` is ``None`` or 0
     (failed or trivial settings) are left out. Fixed steps are drawn as solid lines with circles,
-    tolerance sweeps as dashed lines with squares. Axis labels and legend are the caller's.
+    tolerance sweeps as dashed lines with squares, on a grid, with axis labels; title and legend
+    are the caller's. Returns ``ax``.
     """
     need = {"solver", "mode", "nfe", metric}
     bad = [r for r in rows if not isinstance(r, dict) or not need <= set(r)]
@@ -271,6 +272,10 @@ def error_vs_nfe(ax, rows, *, metric: str = "mean_abs_error"):
                     ms=3,
                     label=f"{solver} ({what})",
                 )
+    what = {"mean_abs_error": "mean", "max_abs_error": "max"}.get(metric, metric)
+    ax.set(xlabel="NFE per sample", ylabel=f"{what} |log p - log p_ref| (nats)")
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
 
 
 def hutchinson(ax, rows):

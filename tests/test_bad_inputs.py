@@ -383,6 +383,7 @@ CASES = [
     ("couplings.MinibatchOT", lambda: dg.couplings.MinibatchOT(iters=0), ValueError, "iters"),
     # ------------------------------------------------------------------ dg.data
     ("data.log_prob", lambda: dg.data.log_prob("moons", X), ValueError, "'moons'"),
+    ("data.names", lambda: dg.data.names(exact="yes"), TypeError, "exact must be True or False"),
     ("data.mixture", lambda: dg.data.mixture("moons"), ValueError, "'moons'"),
     (
         "data.mixture_entropy",
@@ -726,7 +727,7 @@ def test_every_public_function_has_a_bad_input_case():
     and tuples/constants, excepted)."""
     covered = {c[0].split("/")[0] for c in CASES}
     no_args = {"couplings.independent", "couplings.Independent", "couplings.Coupling",
-               "data.names", "metrics.MMDResult", "metrics.FloorStats", "couplings.Straightness",
+               "metrics.MMDResult", "metrics.FloorStats", "couplings.Straightness",
                "train.TrainResult", "train.TrainState", "solve.Solution",
                "solve.FewStepSampler",  # abstract base of the few-step samplers
                "sharding.gather"}  # any pytree is valid input  # fmt: skip

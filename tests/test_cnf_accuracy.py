@@ -167,4 +167,11 @@ def test_error_vs_nfe_rows_plot(rows):
     assert labels == ["euler (fixed steps)", "rk4 (fixed steps)", "dopri5 (rtol)"]
     euler = ax.get_lines()[0]
     assert list(euler.get_xdata()) == [4.0, 8.0, 16.0]
+    assert ax.get_xlabel() == "NFE per sample"
+    assert ax.get_ylabel() == "mean |log p - log p_ref| (nats)"
+    fig2, ax2 = plt.subplots()
+    assert plotting.error_vs_nfe(ax2, rows, metric="max_abs_error") is ax2
+    assert ax2.get_ylabel().startswith("max ")
+    assert list(ax2.get_lines()[0].get_ydata()) == [r["max_abs_error"] for r in rows[:3]]
     plt.close(fig)
+    plt.close(fig2)

@@ -71,6 +71,7 @@ def check_quality(m):
     "args, match",
     [
         (["--datasets", "8gaussians,nope"], "unknown dataset"),
+        (["--datasets", "pinwheel"], "unknown dataset 'pinwheel'"),  # no exact density
         (["--solver", "nope"], "--solver"),
         (["--solver", "euler"], "unknown adaptive solver"),
         (["--rtol", "0"], "--rtol"),

@@ -32,6 +32,14 @@ ALPHA = 1e-3  # level of every statistical test below (fixed keys, so each test 
 
 def test_names():
     assert data.names() == NAMES
+    # exact=True lists exactly the sets whose log_prob and entropy have a closed form
+    assert data.names(exact=True) == [n for n in NAMES if n in EXACT]
+    for name in NAMES:
+        if name not in EXACT:
+            with pytest.raises(ValueError, match="no closed-form density"):
+                data.log_prob(name, jnp.zeros((1, 2)))
+            with pytest.raises(ValueError, match="no known density"):
+                data.entropy(name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,6 +2,7 @@
 
 import functools
 import math
+from typing import Any
 
 import jax.random as jr
 import numpy as np
@@ -46,9 +47,15 @@ _UNIFORM_AREAS = {
 }
 
 
-def names() -> list[str]:
-    """Names of the 2D datasets, in display order."""
-    return list(_SAMPLERS)
+def names(*, exact: Any = False) -> list[str]:
+    """Names of the 2D datasets, in display order.
+
+    With ``exact=True``, only those with a closed-form density: the ones ``log_prob`` and
+    ``entropy`` accept, on which a model's likelihood can be checked exactly.
+    """
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+    return [name for name in _SAMPLERS if not exact or name in _LOG_PROBS]
 
 
 def _known(name: str) -> str:
