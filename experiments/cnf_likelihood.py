@@ -49,7 +49,7 @@ FM_LOSS = losses.get_loss("flow_matching", path=PATH)
 # --quick: every float32 likelihood solve has 200 rows (chunk = n_test = n_solver =
 # n_hutch * hutch_reps), so each field compiles its solve once.
 SETTINGS = dict(  # name=(full, --quick)
-    datasets=("8gaussians,checkerboard", "8gaussians"), steps=(1200, 20),
+    datasets=("8gaussians,checkerboard", "8gaussians"), steps=(2000, 20),
     lin_grid=(60, 20), tanh_n=(3000, 500), tanh_bins=(30, 12),  # sections 1 and 2
     n_test=(4000, 200), n_train=(100_000, 20_000), n_val=(500, 200), grid=(60, 16),
     chunk=(500, 200), fm_steps=(30000, 2000), width=(128, 32), ml_batch=(64, 128),
