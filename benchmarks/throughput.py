@@ -666,10 +666,9 @@ def cnf_training(model, x, repeats, matmul, torch_why):
         for threads in (1, 2):
             fns[f"torch@{threads}"] = torch_threads(torch_cnf_step(model, x, values), threads)
     t = interleaved(fns, repeats)
-    # forward NFE: what nll_loss's solve makes (its I-controlled steps, cnf.TRAIN_COEFFS, where
-    # log_prob uses PI control), plain Diffrax's
-    _, nfe_lib = cnf._log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL,
-                               pid=cnf.TRAIN_COEFFS)  # fmt: skip
+    # forward NFE: what nll_loss's solve makes (its default I-controlled steps, where log_prob
+    # defaults to PI control), plain Diffrax's
+    _, nfe_lib = cnf.log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL, step_control="i")
     nfe_plain = 1 + 6 * int(diffrax_logp_batched(model, x)[1])
     n = x.shape[0]
     rows = []

@@ -215,6 +215,24 @@ CASES = [
         "n must be",
     ),
     ("cnf.nll_loss/int", lambda: dg.cnf.nll_loss(field, None, X_INT), TypeError, "floating"),
+    (
+        "cnf.log_prob/step_control",
+        lambda: dg.cnf.log_prob(field, X, step_control="pid"),
+        ValueError,
+        r"unknown step_control 'pid'; expected one of: i, pi",
+    ),
+    (
+        "cnf.nll_loss/step_control",
+        lambda: dg.cnf.nll_loss(field, None, X, steps=None, step_control="I"),
+        ValueError,
+        r"unknown step_control 'I'; expected one of: i, pi",
+    ),
+    (
+        "cnf.sample_and_log_prob/step_control",
+        lambda: dg.cnf.sample_and_log_prob(field, KEY, 2, 2, step_control="PI"),
+        ValueError,
+        r"unknown step_control 'PI'",
+    ),
     ("cnf.bits_per_dim", lambda: dg.cnf.bits_per_dim(jnp.zeros(3), 0), ValueError, "dim"),
     ("cnf.CNF", lambda: dg.cnf.CNF(0, key=KEY), ValueError, "dim"),
     (
