@@ -862,6 +862,45 @@ def test_discrete_samplers_raise_on_non_finite_state(call, match, step):
         assert sol.fail_step == step
 
 
+def test_sample_sde_memoised_noise_check_sees_each_diffusion_and_args():
+    """sample_sde memoises its structural checks of the diffusion (issue 12): another diffusion,
+    or the same one on args of another shape, is checked anew, on every call."""
+    from diffeqgen import _memo
+
+    def drift(t, x, a):
+        return -x
+
+    def additive(t, x, a):
+        return jnp.ones_like(x)
+
+    def multiplicative(t, x, a):
+        return x
+
+    for _ in range(2):
+        sol = dg.solve.sample_sde((drift, additive), X0, key=KEY, steps=4, solver="sra1")
+        assert sol.ok and np.all(np.isfinite(np.asarray(sol.x)))
+        with pytest.raises(ValueError, match="ADDITIVE noise only"):
+            dg.solve.sample_sde((drift, multiplicative), X0, key=KEY, steps=4, solver="sra1")
+
+    def noise_from_args(t, x, a):  # scalar noise for a 0-d a, matrix noise (2, m) for a (2, m)
+        return a
+
+    def run(a):
+        return np.asarray(dg.solve.sample_sde((drift, noise_from_args), X0, key=KEY, steps=4,
+                                              args=a).x)  # fmt: skip
+
+    scalar, matrix = jnp.asarray(0.5), jnp.full((2, 3), 0.5)
+    got = [run(scalar), run(matrix), run(scalar)]
+    _memo._ABSTRACT_CACHE.clear()
+    fresh = [run(scalar)]
+    _memo._ABSTRACT_CACHE.clear()
+    fresh.append(run(matrix))
+    np.testing.assert_array_equal(got[0], fresh[0])
+    np.testing.assert_array_equal(got[2], fresh[0])
+    np.testing.assert_array_equal(got[1], fresh[1])
+    assert not np.array_equal(fresh[0], fresh[1])  # the two noise structures differ
+
+
 def nan_below(t0):
     """A field that is finite after ``t0`` and NaN before it (met by backward solves)."""
 
