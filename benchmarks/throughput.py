@@ -30,16 +30,28 @@ Timing: every implementation is called once first (JAX compile; reported as "fir
 the median"), then the implementations are interleaved, round-robin over ``--repeats`` with
 the order rotated each round (none always follows the same one, e.g. a 2-thread PyTorch run), so
 that load from other processes hits them alike; medians with min-max ranges; every JAX timer
-blocks on its result. Ratios are within this one run. Each figure is also given as a fraction of
-the machine's float32 matmul rate measured in the same run (a 1024 x 1024 JAX matmul) from an
-estimate of its FLOPs: a forward pass of the MLP is F = 2 * (3*64 + 64*64 + 64*64 + 64*2) FLOPs
-per sample; a training step 3F per sample; an exact-trace augmented evaluation (1 + d) F (d = 2);
-a likelihood training step 3 (1 + d) F per sample per forward NFE.
+blocks on its result. Ratios are within this one run.
+
+The two goals that compare nearly identical compiled programs, ``fit`` against the hand-fused
+loop (a) and ``sample_ode`` against plain Diffrax (b, both solvers), are also measured paired,
+JAX only: right after that workload's rounds, one unrecorded pair, then ``--pairs`` short
+rounds (default 21) of the two back to back in the order A,B,B,A,A,B,..., no PyTorch work in
+between; the rate ratio is taken within each pair and reported as its median with the
+interquartile range (``ratios.*_paired`` and ``paired`` in the JSON). Why: in the interleaved
+rounds PyTorch runs between the JAX rows, and 5 rounds are few; a quiet default run gave
+fit/fused 0.90 and sample_ode/Diffrax 0.92/0.91 there, where scratch runs without PyTorch gave
+0.95-1.00.
+
+Each figure is also given as a fraction of the machine's float32 matmul rate measured in the
+same run (a 1024 x 1024 JAX matmul) from an estimate of its FLOPs: a forward pass of the MLP
+is F = 2 * (3*64 + 64*64 + 64*64 + 64*2) FLOPs per sample; a training step 3F per sample; an
+exact-trace augmented evaluation (1 + d) F (d = 2); a likelihood training step 3 (1 + d) F per
+sample per forward NFE.
 
 PyTorch parts run when ``torch``, ``torchdiffeq`` and ``torchcfm`` import (``pip install
 diffeqgen[bench]``); otherwise (or with ``--no-torch``) they are skipped and the output says so.
 Writes ``results/benchmarks/throughput.{json,md}`` (or into ``--out``); ``--quick`` (tiny sizes,
-one repeat; the test) writes ``throughput_quick.*``.
+one repeat, 5 pairs; the test) writes ``throughput_quick.*``.
 """
 
 import argparse
@@ -71,6 +83,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (tests)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 3 for c)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="paired JAX-only rounds of fit/fused and sample_ode/Diffrax (default 21; "
+                   "5 with --quick)")  # fmt: skip
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default="", help="machine state to record, e.g. 'busy'")
@@ -78,6 +93,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.pairs is not None and args.pairs < 1:
+        p.error(f"--pairs must be >= 1, got {args.pairs}")
     return args
 
 
@@ -143,6 +160,29 @@ def interleaved(fns: dict, repeats: int) -> dict:
     for name in dropped:
         out[name].update(times=[out[name]["first"]], dropped=True)
     return out
+
+
+def paired(a, b, pairs: int) -> dict:
+    """Rate of ``a`` over rate of ``b`` (b's time / a's time) in ``pairs`` back-to-back pairs.
+
+    For two compiled JAX calls of nearly the same work. One unrecorded pair first (after PyTorch
+    work its idle threads may still spin), then pairs in the order A,B,B,A,A,B,... (neither always
+    runs first); the ratio is taken within each pair, so slow changes of the machine's load
+    cancel. Returns the median ratio, its quartiles and every pair's ratio.
+    """
+    fns = (a, b)
+    for fn in fns:
+        fn()
+    ratios = []
+    for i in range(pairs):
+        t = [0.0, 0.0]
+        for j in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            fns[j]()
+            t[j] = time.perf_counter() - start
+        ratios.append(t[1] / t[0])
+    q25, med, q75 = (float(q) for q in np.percentile(ratios, [25, 50, 75]))
+    return dict(median=med, q25=q25, q75=q75, pairs=pairs, ratios=ratios)
 
 
 def row(label, timing, *, work=1.0, flops=None, matmul=None, **extra):
@@ -226,7 +266,7 @@ def best_of_threads(rows, label):
 
 
 # --------------------------------------------------------------------------- (a) FM training
-def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed):
+def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pairs):
     batch = 256
     opt = optax.adam(LR)
     loss = functools.partial(losses.flow_matching_loss, path=paths.get_path("linear"))
@@ -279,6 +319,7 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed):
     if torch_why is None:
         fns.update(torch_fm(init_model, sampler, steps, batch, seed))
     t = interleaved(fns, repeats)
+    pair = paired(run_fit, run_fused, pairs)  # JAX only, right after the rounds
     fl = 3 * F_FORWARD * batch * steps
     rows = [
         row("diffeqgen fit (100 steps per dispatch)", t["fit"], work=steps, flops=fl,
@@ -301,6 +342,7 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed):
     fit_r = by["diffeqgen fit (100 steps per dispatch)"]
     ratios = {
         "fit_over_fused": fit_r["rate"] / by["plain JAX, hand-fused lax.scan"]["rate"],
+        "fit_over_fused_paired": pair["median"],
         "fit_over_per_step": fit_r["rate"]
         / by["plain JAX, jitted step per Python iteration"]["rate"],
         "fit_call_overhead_ms": 1e3 * (short[0]["seconds"] - short[1]["seconds"]),
@@ -312,7 +354,7 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed):
                 fit_r["rate"] / best["rate"]
             )
     return dict(steps=steps, batch=batch, unit="steps/s", rows=rows, short_calls=short,
-                ratios=ratios)  # fmt: skip
+                ratios=ratios, paired={"fit_over_fused": pair})  # fmt: skip
 
 
 def torch_fm(init_model, sampler, steps, batch, seed):
@@ -380,7 +422,7 @@ def diffrax_sample(model, x0, solver, steps, rtol, atol, event=False):
     return sol.ys[-1], sol.stats["num_steps"]
 
 
-def sampling(model, n, repeats, matmul, torch_why, seed):
+def sampling(model, n, repeats, matmul, torch_why, seed, pairs):
     x0 = jr.normal(jr.key(seed + 2), (n, DIM))
     out = {}
     for kind, solver, steps in (("euler100", "euler", 100), ("dopri5", "dopri5", None)):
@@ -409,6 +451,7 @@ def sampling(model, n, repeats, matmul, torch_why, seed):
                     torch_sample(model, x0, solver, steps, holder), threads
                 )
         t = interleaved(fns, repeats)
+        pair = paired(lib, plain, pairs)  # JAX only, right after the rounds
         rows = []
         for name, label in (
             ("lib", "diffeqgen solve.sample_ode"),
@@ -425,7 +468,8 @@ def sampling(model, n, repeats, matmul, torch_why, seed):
             rows.append(row(f"torchdiffeq odeint ({threads} thread{'s' * (threads > 1)})",
                             t[f"torchdiffeq@{threads}"], work=n, flops=F_FORWARD * n * nfe,
                             matmul=matmul, nfe=nfe))  # fmt: skip
-        ratios = {"lib_over_plain": rows[0]["rate"] / rows[1]["rate"]}
+        ratios = {"lib_over_plain": rows[0]["rate"] / rows[1]["rate"],
+                  "lib_over_plain_paired": pair["median"]}  # fmt: skip
         if steps:
             ratios["plain_event_over_plain"] = rows[2]["rate"] / rows[1]["rate"]
         best = best_of_threads(rows, "torchdiffeq odeint")
@@ -434,7 +478,8 @@ def sampling(model, n, repeats, matmul, torch_why, seed):
             ratios["lib_over_torch_per_nfe"] = (
                 rows[0]["rate"] * rows[0]["nfe"] / (best["rate"] * best["nfe"])
             )
-        out[kind] = dict(n=n, unit="points/s", rows=rows, ratios=ratios)
+        out[kind] = dict(n=n, unit="points/s", rows=rows, ratios=ratios,
+                         paired={"lib_over_plain": pair})  # fmt: skip
     return out
 
 
@@ -666,10 +711,9 @@ def cnf_training(model, x, repeats, matmul, torch_why):
         for threads in (1, 2):
             fns[f"torch@{threads}"] = torch_threads(torch_cnf_step(model, x, values), threads)
     t = interleaved(fns, repeats)
-    # forward NFE: what nll_loss's solve makes (its I-controlled steps, cnf.TRAIN_COEFFS, where
-    # log_prob uses PI control), plain Diffrax's
-    _, nfe_lib = cnf._log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL,
-                               pid=cnf.TRAIN_COEFFS)  # fmt: skip
+    # forward NFE: what nll_loss's solve makes (its default I-controlled steps, where log_prob
+    # defaults to PI control), plain Diffrax's
+    _, nfe_lib = cnf.log_prob(model, x, solver="dopri5", rtol=TOL, atol=TOL, step_control="i")
     nfe_plain = 1 + 6 * int(diffrax_logp_batched(model, x)[1])
     n = x.shape[0]
     rows = []
@@ -723,6 +767,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     repeats = args.repeats or (1 if quick else 5)
+    pairs = args.pairs or (5 if quick else 21)
     torch_why = torch_available(args.no_torch)
     sizes = dict(
         train_steps=20 if quick else 500,
@@ -741,7 +786,7 @@ def main(argv=None):
     log("a. flow-matching training")
     init_model = SeluMLP(k_model)
     training = fm_training(init_model, sampler, sizes["train_steps"], repeats, rates[0],
-                           torch_why, args.seed)  # fmt: skip
+                           torch_why, args.seed, pairs)  # fmt: skip
     log("field for b-d")
     # The field of (b)-(d): the same network trained by fit (flow matching, linear path).
     fm = functools.partial(losses.flow_matching_loss, path=paths.get_path("linear"))
@@ -750,7 +795,7 @@ def main(argv=None):
                       progress=False).ema_model  # fmt: skip
     rates.append(matmul_rate())
     log("b. sampling")
-    samp = sampling(field, sizes["n_sample"], repeats, rates[-1], torch_why, args.seed)
+    samp = sampling(field, sizes["n_sample"], repeats, rates[-1], torch_why, args.seed, pairs)
     log("c. likelihood")
     rates.append(matmul_rate())
     lik = likelihood(field, sampler(k_lik, sizes["n_lik"]), 1 if quick else args.repeats or 3,
@@ -786,6 +831,7 @@ def main(argv=None):
         versions=versions,
         quick=quick,
         repeats=repeats,
+        pairs=pairs,
         sizes=sizes,
         torch=torch_why or "measured",
         matmul_gflops=[r / 1e9 for r in rates],
@@ -828,6 +874,18 @@ def _ratios(d):
     return "Ratios (this run): " + ", ".join(f"{k} {v:.3g}" for k, v in d.items()) + "."
 
 
+def _paired(d):
+    parts = [
+        f"{k} median {p['median']:.3g} (interquartile range {p['q25']:.3g}-{p['q75']:.3g})"
+        for k, p in d.items()
+    ]
+    n = next(iter(d.values()))["pairs"]
+    return (
+        f"Paired, JAX only ({n} back-to-back pairs in the order A,B,B,A,..., right after the "
+        f"rounds above, no PyTorch in between; goal >= 0.95): {', '.join(parts)}."
+    )
+
+
 def render(r):
     w = r["workloads"]
     mm = ", ".join(f"{g:.1f}" for g in r["matmul_gflops"])
@@ -852,11 +910,14 @@ def render(r):
         *_table(w["training"]["short_calls"], "steps/s"),
         "",
         _ratios(w["training"]["ratios"]),
+        "",
+        _paired(w["training"]["paired"]),
     ]
     for kind, title in (("euler100", "Euler, 100 steps"), ("dopri5", "dopri5, rtol = atol = 1e-5")):
         s = w["sampling"][kind]
         lines += ["", f"## b. Sampling {s['n']} points, {title}", ""]
         lines += _table(s["rows"], "points/s", ("nfe",)) + ["", _ratios(s["ratios"])]
+        lines += ["", _paired(s["paired"])]
     lk = w["likelihood"]
     lines += [
         "",

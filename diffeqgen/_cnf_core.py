@@ -43,14 +43,21 @@ control's max error fell from 0.0166 to 0.0114 nats for 25% more NFE, and per-sa
 from 0.027 to 0.019 with 19% fewer NFE (docs, CNF page)."""
 
 
-TRAIN_COEFFS = dict(pcoeff=0.0, icoeff=1.0)
-"""Step-size control of the adaptive solve of ``cnf.nll_loss`` (training): I-control (Diffrax's
-and torchdiffeq's default). Issue 12, measured on the benchmark's SELU field (batch 512, dopri5
-at 1e-5): PI control (``PI_COEFFS``) made 613 forward evaluations where I-control made 493
-(torchdiffeq 482), and a training step costs about 4.5 forward evaluations per forward
-evaluation (one recomputation plus the reverse-mode derivative of the exact trace), so the
-step is ~20% cheaper; the gradient's error against a float64 reference is about the same
-(tests/test_cnf_train_step.py; docs, CNF page). Likelihood evaluation keeps ``PI_COEFFS``."""
+I_COEFFS = dict(pcoeff=0.0, icoeff=1.0)
+"""I step-size control (Diffrax's and torchdiffeq's default), the default of ``cnf.nll_loss``
+(training). Issue 12, measured on the benchmark's SELU field (batch 512, dopri5 at 1e-5): PI
+control (``PI_COEFFS``) made 613 forward evaluations where I-control made 493 (torchdiffeq 482),
+and a training step costs about 4.5 forward evaluations per forward evaluation (one
+recomputation plus the reverse-mode derivative of the exact trace), so the step is ~20% cheaper;
+the gradient's error against a float64 reference is about the same (tests/test_cnf_train_step.py;
+docs, CNF page). Likelihood evaluation keeps ``PI_COEFFS``."""
+
+STEP_CONTROLS = ("i", "pi")
+"""Step-size control of adaptive likelihood solves (``step_control=`` of ``cnf.log_prob`` and
+``cnf.nll_loss``): ``"pi"`` PI control (``PI_COEFFS``, pcoeff = icoeff = 0.3; the default of
+``log_prob``), ``"i"`` I-control (``I_COEFFS``; the default of ``nll_loss``)."""
+
+_STEP_COEFFS = {"i": I_COEFFS, "pi": PI_COEFFS}
 
 
 def _max_sample_norm(error) -> Array:
@@ -289,10 +296,10 @@ def _solve_augmented(
     error_control,
     adjoint,
     max_steps,
-    pid=None,
+    step_control="pi",
 ):
     n, event, dtype = z.shape[0], z.shape[1:], z.dtype
-    pid = PI_COEFFS if pid is None else pid
+    pid = _STEP_COEFFS[step_control]
     per_sample = error_control == "per_sample"
     if trace == "hutchinson":
         shape = (n, num_probes, *event)

@@ -18,7 +18,9 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 from ._checks import check_int, check_nonnegative, check_positive, is_traced
 from ._conditioning import batched as _batched
 from ._conditioning import pack
+from ._ddpm import DDPMSchedule
 from ._failures import NONFINITE, concrete, first_bad, grid_describe, report
+from ._solve_common import _core_scalar
 from ._solvers import (
     Solution,
     _as_drift_diffusion,
@@ -55,18 +57,18 @@ def _fixed(x, bad, nfe, steps, *, where, throw, total, describe, hint="", t_of=N
     if ``bad > 0``; ``throw=False`` returns ``ok``/``fail_step``/``fail_t`` for the caller
     (``fail_t = t_of(bad)`` when the steps have times, else NaN).
     """
-    ok = bad == 0
+    c_bad = concrete(bad)  # after an eager call: one transfer, the rest on the host (issue 12)
+    ok = (c_bad == 0) if c_bad is not None else bad == 0
     x = report(
-        x, ok=ok, step=bad, total=total, where=where, throw=bool(throw), describe=describe,
-        what=NONFINITE + " in the state", hint=hint,
+        x, ok=ok, step=bad if c_bad is None else c_bad, total=total, where=where,
+        throw=bool(throw), describe=describe, what=NONFINITE + " in the state", hint=hint,
     )  # fmt: skip
-    fail_t = jnp.asarray(jnp.nan, x.dtype) if t_of is None else t_of(bad)
-    fail_t = jnp.where(ok, jnp.nan, fail_t)
-    c_bad = concrete(bad)
     if c_bad is not None:
-        status = dict(ok=bool(c_bad == 0), fail_step=int(c_bad), fail_t=float(fail_t))
+        fail_t = float("nan") if ok or t_of is None else float(t_of(bad))
+        status = dict(ok=bool(ok), fail_step=int(c_bad), fail_t=fail_t)
     else:
-        status = dict(ok=ok, fail_step=bad, fail_t=fail_t)
+        fail_t = jnp.asarray(jnp.nan, x.dtype) if t_of is None else t_of(bad)
+        status = dict(ok=ok, fail_step=bad, fail_t=jnp.where(ok, jnp.nan, fail_t))
     return Solution(x=x, nfe=nfe, num_steps=steps, num_accepted=steps, num_rejected=0, **status)
 
 
@@ -221,11 +223,13 @@ def ddim_sample(
     args = pack(args, cond, x.shape[0], "ddim_sample")
     _check_output("eps_model", eps_model, 1.0, x, args)
     ks = np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
-    abar_full = jnp.asarray(schedule.alpha_bar(jnp.arange(T + 1)), x.dtype)
+    ab = concrete(schedule.alpha_bars) if type(schedule) is DDPMSchedule else None
+    if ab is not None:  # alpha_bar(0..T) on the host: no eager XLA programs (issue 12)
+        abar_full = np.concatenate([np.ones((1,), ab.dtype), ab]).astype(x.dtype)
+    else:
+        abar_full = jnp.asarray(schedule.alpha_bar(jnp.arange(T + 1)), x.dtype)
     noisy = is_traced(eta) or eta > 0
-    x, bad = _ddim_core(
-        eps_model, key if noisy else None, x, jnp.asarray(ks), abar_full, eta, T, args
-    )
+    x, bad = _ddim_core(eps_model, key if noisy else None, x, ks, abar_full, eta, T, args)
 
     def describe(j):
         k, k2 = int(ks[j - 1]), int(ks[j])
@@ -301,7 +305,7 @@ def langevin_mcmc(
     x = _check_x0(x0)
     args = pack(args, cond, x.shape[0], "langevin_mcmc")
     _check_output("score", score, t, x, args)
-    ta = jnp.asarray(t, x.dtype)
+    ta = _core_scalar(t, x.dtype)
     x, bad = _langevin_core(score, key, x, ta, step_size, num_steps, temperature, args)
     return _fixed(
         x, bad, num_steps, num_steps, where="langevin_mcmc", throw=throw, total=num_steps,
@@ -397,11 +401,14 @@ def predictor_corrector(
     snr = check_positive("snr", snr, traced_ok=True)
     x = _check_x0(x0)
     args = pack(args, cond, x.shape[0], "predictor_corrector")
-    _check_times(t0, t1, forward_only=True)
+    c0, c1 = _check_times(t0, t1, forward_only=True)
     _check_output("drift", drift, t0, x, args)
     _check_output("diffusion", diffusion, t0, x, args, allow_scalar=True)
     _check_output("score", score, t0, x, args)
-    t0a, t1a = _time_arrays(t0, t1, x.dtype, forward_only=True)
+    if c0 is not None and c1 is not None:  # NumPy scalars: no eager conversions (issue 12)
+        t0a, t1a = _core_scalar(t0, x.dtype), _core_scalar(t1, x.dtype)
+    else:
+        t0a, t1a = _time_arrays(t0, t1, x.dtype, forward_only=True)
     x, bad = _pc_core(drift, diffusion, score, key, x, t0a, t1a, steps, corrector_steps, snr, args)
     nfe = steps * (1 + corrector_steps)
     return _fixed(
@@ -496,10 +503,11 @@ def annealed_langevin(
     args = pack(args, cond, x.shape[0], "annealed_langevin")
     _check_output("score", score, sig[0], x, args)
     hs = step_size * (sig / sig[-1]) ** 2
-    x, bad = _annealed_core(
-        score, key, x, jnp.asarray(sig, x.dtype), jnp.asarray(hs, x.dtype), steps_per_level,
-        temperature, args,
-    )  # fmt: skip
+
+    def cast(a):  # concrete levels cast on the host: no eager XLA conversions (issue 12)
+        return jnp.asarray(a, x.dtype) if is_traced(a) else np.asarray(a, x.dtype)
+
+    x, bad = _annealed_core(score, key, x, cast(sig), cast(hs), steps_per_level, temperature, args)
     levels = int(sig.size)
     nfe = levels * steps_per_level
 

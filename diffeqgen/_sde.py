@@ -27,11 +27,13 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from . import _random
 from ._checks import check_int
-from ._conditioning import Unbatched, batched, first_sample, in_axes, pack
+from ._conditioning import Unbatched, batched, first_sample, in_axes, one_sample, pack
 from ._failures import NONFINITE_EVENT
+from ._memo import abstract_key, cached
 from ._solve_common import (
     _Batched,
     _check_saveat,
+    _core_scalar,
     _finish,
     _loop_bound,
     _saveat,
@@ -485,7 +487,11 @@ def sample_sde(
     ts = _check_saveat(saveat, c0, c1, x0.dtype)
     solver_obj = get_solver(solver, "sde")
     label = _solver_label(solver)
-    t0a, t1a = _time_arrays(t0, t1, x0.dtype, forward_only=True)
+    if c0 is not None and c1 is not None:  # NumPy scalars: no eager conversions (issue 12)
+        t0a, t1a = _core_scalar(t0, x0.dtype), _core_scalar(t1, x0.dtype)
+    else:
+        t0a, t1a = _time_arrays(t0, t1, x0.dtype, forward_only=True)
+    steps_a = _core_scalar(steps, jnp.int32)
     if adjoint is not None and not isinstance(adjoint, dfx.AbstractAdjoint):
         raise TypeError(f"adjoint must be a diffrax.AbstractAdjoint, got {adjoint!r}")
     hint = (
@@ -513,8 +519,7 @@ def sample_sde(
             )
             adjoint = dfx.ForwardMode() if unsafe else dfx.RecursiveCheckpointAdjoint()
         out = _terms_core(
-            sde, x0, t0a, t1a, ts, args, solver_obj, jnp.asarray(steps, jnp.int32),
-            _loop_bound(steps), adjoint,
+            sde, x0, t0a, t1a, ts, args, solver_obj, steps_a, _loop_bound(steps), adjoint,
         )  # fmt: skip
         return _finish(
             out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint, **fin
@@ -524,8 +529,15 @@ def sample_sde(
     _check_output("drift", drift, t0, x0, args)
     # Unbatched: one sample's share of a per-sample cond reaches drift and diffusion as merged
     drift, diffusion = Unbatched(drift), Unbatched(diffusion)
-    m = _noise_structure(diffusion, t0, x0, first_sample(args))
-    multiplicative = _depends_on_x(diffusion, t0, x0, first_sample(args))
+    # Memoised as _check_output's trace is: tracing the diffusion twice took ms per call
+    one = jax.ShapeDtypeStruct(x0.shape[1:], x0.dtype)
+    m, multiplicative = cached(
+        ("sde_noise", abstract_key(diffusion), abstract_key((one, one_sample(args)))),
+        lambda: (
+            _noise_structure(diffusion, t0, x0, first_sample(args)),
+            _depends_on_x(diffusion, t0, x0, first_sample(args)),
+        ),
+    )
     drift = _ito_drift(drift, diffusion, solver_obj, label, multiplicative, m is not None)
     if per_sample is None:
         per_sample = isinstance(solver_obj, _JACOBIAN_SOLVERS)
@@ -564,8 +576,7 @@ def sample_sde(
     if adjoint is None:
         adjoint = dfx.RecursiveCheckpointAdjoint()
     out = _sde_core(
-        drift, diffusion, x0, t0a, t1a, ts, args, solver_obj, jnp.asarray(steps, jnp.int32),
-        _loop_bound(steps), key, brownian, m=m, per_sample=per_sample, virtual_tol=virtual_tol,
-        adjoint=adjoint,
+        drift, diffusion, x0, t0a, t1a, ts, args, solver_obj, steps_a, _loop_bound(steps), key,
+        brownian, m=m, per_sample=per_sample, virtual_tol=virtual_tol, adjoint=adjoint,
     )  # fmt: skip
     return _finish(out, where="sample_sde", solver_name=label, max_steps=steps, hint=hint, **fin)

@@ -16,6 +16,24 @@ from ._solvers import Solution, _concrete, evals_per_step
 # --------------------------------------------------------------------------- validation helpers
 
 
+def _core_scalar(value, dtype):
+    """``value`` as a 0-d array of ``dtype`` for the compiled core.
+
+    Concrete values become NumPy scalars (the jitted call transfers them with its other
+    arguments): ``jnp.asarray`` ran one small eager XLA conversion per scalar, four per
+    ``sample_ode`` call, three per ``sample_sde`` call (issue 12). Traced values (inside the
+    user's jit) stay traced. Same rounding either way (float32/float64/int32 only; other
+    dtypes take ``jnp.asarray``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype in _HOST_DTYPES and _concrete(value) is not None:
+        return np.asarray(value, dtype)
+    return jnp.asarray(value, dtype)
+
+
+_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32))
+
+
 def _check_saveat(saveat, c0, c1, dtype):
     if saveat is None:
         return None

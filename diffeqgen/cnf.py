@@ -44,8 +44,8 @@ from ._cnf_accuracy import error_vs_nfe, hutchinson_error
 from ._cnf_core import (
     ERROR_CONTROLS,
     PROBES,
+    STEP_CONTROLS,
     TRACES,
-    TRAIN_COEFFS,
     _base_log_prob,
     _check_likelihood,
     _default_base,
@@ -86,6 +86,7 @@ __all__ = [
     "TRACES",
     "PROBES",
     "ERROR_CONTROLS",
+    "STEP_CONTROLS",
     "log_prob",
     "log_prob_chunked",
     "reference_log_prob",
@@ -120,6 +121,7 @@ def log_prob(
     max_steps: int | None = None,
     throw: bool = True,
     error_control: str | None = None,
+    step_control: str = "pi",
 ) -> (
     tuple[Float[Array, " n"], Float[Array, ""]]
     | tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
@@ -150,7 +152,7 @@ def log_prob(
             (~0.009 against 0.013 nats) with ~0.6x its evaluations (docs, CNF page). On a
             smooth field or when errors well below 1e-2 nats are needed, ask for them: e.g.
             ``rtol=1e-6, atol=1e-6`` (dopri5, the defaults before issue 12).
-        steps: fixed number of steps; ``None`` for adaptive steps with ``rtol``/``atol`` (PID).
+        steps: fixed number of steps; ``None`` for adaptive steps with ``rtol``/``atol``.
         rtol: relative tolerance of the adaptive solve (> 0); default 1e-4.
         atol: absolute tolerance of the adaptive solve (> 0); default 1e-4.
         trace: ``"exact"`` (forward-mode Jacobian) or ``"hutchinson"`` (stochastic, needs key).
@@ -166,13 +168,21 @@ def log_prob(
             one state under the RMS error of the whole batch (torchdiffeq's choice);
             ``"per_sample"`` runs one vmapped solve per sample with its own steps; ``"max"``
             integrates the batch as one state and accepts a step only when every sample's RMS
-            error is within tolerance. All three use PI step-size control. The default is
-            measured, not argued: on a trained SELU field (kinks) at dopri5 1e-5, ``"rms"`` had
-            the smallest max error per NFE (below torchdiffeq's at 1.25x its NFE),
-            ``"per_sample"`` a larger max error at more NFE, ``"max"`` a 6x smaller error at
-            5x the NFE; with Bosh3 at 1e-4 (the default) likewise (docs, CNF page). A batched
-            solve's values depend slightly on the other
+            error is within tolerance. All three use the step-size control of
+            ``step_control``. The default is measured, not argued: on a trained SELU field
+            (kinks) at dopri5 1e-5, ``"rms"`` had the smallest max error per NFE (below
+            torchdiffeq's at 1.25x its NFE), ``"per_sample"`` a larger max error at more NFE,
+            ``"max"`` a 6x smaller error at 5x the NFE; with Bosh3 at 1e-4 (the default)
+            likewise (docs, CNF page). A batched solve's values depend slightly on the other
             points of the batch (within the solver error). Ignored for fixed steps.
+        step_control: the step-size control of adaptive steps (``STEP_CONTROLS``). ``"pi"``
+            (the default) is PI control (``diffrax.PIDController`` with pcoeff = icoeff = 0.3),
+            chosen for the likelihood's max error: on the SELU field above (dopri5 1e-5,
+            ``"rms"``) it lowered the max error from 0.0166 to 0.0114 nats for 25% more NFE.
+            ``"i"`` is I-control (pcoeff = 0, icoeff = 1; Diffrax's and torchdiffeq's
+            default), fewer evaluations for a slightly larger error: the default of
+            [`nll_loss`][], where the cost of a training step matters more (docs, CNF page).
+            Ignored for fixed steps.
         adjoint: a Diffrax adjoint for gradients; default ``RecursiveCheckpointAdjoint()``
             (``diffrax.BacksolveAdjoint()`` trades accuracy of the gradient for memory).
         max_steps: step limit (default ``steps`` for fixed steps, 4096 adaptive); reaching it
@@ -200,43 +210,9 @@ def log_prob(
             stalls; ``max_steps`` reached; another solver failure with Diffrax's reason. Inside
             the user's ``jit`` the same checks run as ``equinox.error_if``.
     """
-    return _log_prob(
-        vector_field,
-        x,
-        t0=t0,
-        t1=t1,
-        base=base,
-        solver=solver,
-        steps=steps,
-        rtol=rtol,
-        atol=atol,
-        trace=trace,
-        num_probes=num_probes,
-        probe=probe,
-        key=key,
-        args=args,
-        cond=cond,
-        per_sample=per_sample,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        throw=throw,
-        error_control=error_control,
-    )
-
-
-def _log_prob(
-    vector_field, x, *, t0=0.0, t1=1.0, base=None, solver=None, steps=None, rtol=DEFAULT_TOL,
-    atol=DEFAULT_TOL, trace="exact", num_probes=1, probe="rademacher", key=None, args=None,
-    cond=None, per_sample=None, adjoint=None, max_steps=None, throw=True, error_control=None,
-    pid=None,
-):  # fmt: skip
-    """``log_prob`` (same defaults) with step-size control coefficients ``pid`` (None: PI).
-
-    ``nll_loss`` calls it with ``TRAIN_COEFFS``; ``benchmarks/throughput.py`` too, for the NFE
-    of a training step's forward solve.
-    """
     x = _check_points(x)
     args = pack(args, cond, x.shape[0], "cnf.log_prob")
+    check_choice("step_control", step_control, STEP_CONTROLS)
     solver = _auto_solver(solver, steps, rtol, atol)
     solver_obj, t0, t1, steps, max_steps = _validate(
         vector_field,
@@ -274,7 +250,7 @@ def _log_prob(
         error_control=_error_control(per_sample, error_control),
         adjoint=adjoint,
         max_steps=max_steps,
-        pid=pid,
+        step_control=step_control,
     )
     log_p, ok = _check_likelihood(
         "cnf.log_prob", vector_field, _base_log_prob(base, z0) - delta, z0, status,
@@ -458,6 +434,7 @@ def sample_and_log_prob(
     max_steps: int | None = None,
     throw: bool = True,
     error_control: str | None = None,
+    step_control: str = "pi",
 ) -> (
     tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""]]
     | tuple[Float[Array, " n *event"], Float[Array, " n"], Float[Array, ""], Bool[Array, " n"]]
@@ -495,6 +472,7 @@ def sample_and_log_prob(
             ``(x, log_p, nfe, ok)`` with ``ok`` of shape ``(n,)`` (see [`log_prob`][]).
         error_control: ``"rms"`` (default), ``"per_sample"`` or ``"max"``, as in
             [`log_prob`][].
+        step_control: ``"pi"`` (default) or ``"i"`` step-size control, as in [`log_prob`][].
 
     Returns:
         ``(x, log_p, nfe)`` with ``x`` of shape ``(n, *event)``, ``log_p`` of shape ``(n,)``.
@@ -503,6 +481,7 @@ def sample_and_log_prob(
     event = (check_int("dim", dim),) if isinstance(dim, int) else tuple(dim)
     base_key, probe_key = jr.split(key)
     args = pack(args, cond, n, "cnf.sample_and_log_prob")
+    check_choice("step_control", step_control, STEP_CONTROLS)
     if base is not None and not hasattr(base, "sample"):
         raise ValueError(f"base must be None (standard normal) or have .sample, got {base!r}")
     dtype = jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
@@ -545,6 +524,7 @@ def sample_and_log_prob(
         error_control=_error_control(per_sample, error_control),
         adjoint=adjoint,
         max_steps=max_steps,
+        step_control=step_control,
     )
     log_p, ok = _check_likelihood(
         "cnf.sample_and_log_prob", vector_field, _base_log_prob(base, z0) + delta, x, status,
@@ -620,6 +600,7 @@ def nll_loss(
     adjoint: diffrax.AbstractAdjoint | None = None,
     throw: bool = True,
     error_control: str | None = None,
+    step_control: str = "i",
 ) -> Float[Array, ""]:
     """Mean negative log-likelihood ``-mean(log p_1(x))`` (nats) of a batch under ``model``.
 
@@ -631,10 +612,11 @@ def nll_loss(
     training a conditional density ``p(x | cond)`` with the model called as ``f(t, x, cond)``.
     A non-finite likelihood raises (``throw=True``, the default; inside ``train.fit`` the error
     is reported with the training steps it happened in); ``throw=False`` returns NaN instead.
-    Adaptive steps (``steps=None``) use I-control (Diffrax's and torchdiffeq's step-size
-    control), where [`log_prob`][] uses PI control: on a trained SELU field (dopri5 1e-5,
-    batch 512) that takes ~20% fewer evaluations per training step (493 against 613) for a
-    gradient about as close to a float64 reference (docs, CNF page). Gradients are
+    Options as in [`log_prob`][], but adaptive steps (``steps=None``) default to
+    ``step_control="i"``, I-control (Diffrax's and torchdiffeq's step-size control), where
+    [`log_prob`][] defaults to PI control (``"pi"``): on a trained SELU field (dopri5 1e-5,
+    batch 512) I-control takes ~20% fewer evaluations per training step (493 against 613) for
+    a gradient about as close to a float64 reference (docs, CNF page). Gradients are
     discretise-then-optimise (``RecursiveCheckpointAdjoint``); ``adjoint=
     diffrax.BacksolveAdjoint()`` was ~1.5x faster there but its gradient 4x further from the
     reference.
@@ -643,11 +625,11 @@ def nll_loss(
 
     x, cond = split_batch(batch)
     _check_float_data(x)
+    x = jnp.asarray(x) if isinstance(x, np.ndarray) else x  # as log_prob's check would convert
     probe_key = key if trace == "hutchinson" else None
-    log_p, _, *ok = _log_prob(
+    log_p, _, *ok = log_prob(
         model,
         x,
-        pid=TRAIN_COEFFS,
         cond=cond,
         t0=t0,
         t1=t1,
@@ -663,6 +645,7 @@ def nll_loss(
         adjoint=adjoint,
         throw=bool(throw),
         error_control=error_control,
+        step_control=step_control,
     )
     if throw:
         return -jnp.mean(log_p)

@@ -23,7 +23,6 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_positive
@@ -52,6 +51,7 @@ from ._sde import sample_sde
 from ._solve_common import (
     _Batched,
     _check_saveat,
+    _core_scalar,
     _finish,
     _loop_bound,
     _saveat,
@@ -68,7 +68,6 @@ from ._solvers import (
     _check_output,
     _check_times,
     _check_x0,
-    _concrete,
     _time_arrays,
     eager_fsal,
     get_solver,
@@ -103,23 +102,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------- ODEs
-
-
-def _core_scalar(value, dtype):
-    """``value`` as a 0-d array of ``dtype`` for the compiled core.
-
-    Concrete values become NumPy scalars (the jitted call transfers them with its other
-    arguments): ``jnp.asarray`` ran one small eager XLA conversion per scalar, four per
-    ``sample_ode`` call (issue 12). Traced values (inside the user's jit) stay traced. Same
-    rounding either way (float32/float64/int32 only; other dtypes take ``jnp.asarray``).
-    """
-    dtype = np.dtype(dtype)
-    if dtype in _HOST_DTYPES and _concrete(value) is not None:
-        return np.asarray(value, dtype)
-    return jnp.asarray(value, dtype)
-
-
-_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32))
 
 
 @eqx.filter_jit

@@ -215,6 +215,24 @@ CASES = [
         "n must be",
     ),
     ("cnf.nll_loss/int", lambda: dg.cnf.nll_loss(field, None, X_INT), TypeError, "floating"),
+    (
+        "cnf.log_prob/step_control",
+        lambda: dg.cnf.log_prob(field, X, step_control="pid"),
+        ValueError,
+        r"unknown step_control 'pid'; expected one of: i, pi",
+    ),
+    (
+        "cnf.nll_loss/step_control",
+        lambda: dg.cnf.nll_loss(field, None, X, steps=None, step_control="I"),
+        ValueError,
+        r"unknown step_control 'I'; expected one of: i, pi",
+    ),
+    (
+        "cnf.sample_and_log_prob/step_control",
+        lambda: dg.cnf.sample_and_log_prob(field, KEY, 2, 2, step_control="PI"),
+        ValueError,
+        r"unknown step_control 'PI'",
+    ),
     ("cnf.bits_per_dim", lambda: dg.cnf.bits_per_dim(jnp.zeros(3), 0), ValueError, "dim"),
     ("cnf.CNF", lambda: dg.cnf.CNF(0, key=KEY), ValueError, "dim"),
     (
@@ -843,6 +861,45 @@ def test_discrete_samplers_raise_on_non_finite_state(call, match, step):
     assert sol.ok is False and sol.fail_step > 0
     if step is not None:
         assert sol.fail_step == step
+
+
+def test_sample_sde_memoised_noise_check_sees_each_diffusion_and_args():
+    """sample_sde memoises its structural checks of the diffusion (issue 12): another diffusion,
+    or the same one on args of another shape, is checked anew, on every call."""
+    from diffeqgen import _memo
+
+    def drift(t, x, a):
+        return -x
+
+    def additive(t, x, a):
+        return jnp.ones_like(x)
+
+    def multiplicative(t, x, a):
+        return x
+
+    for _ in range(2):
+        sol = dg.solve.sample_sde((drift, additive), X0, key=KEY, steps=4, solver="sra1")
+        assert sol.ok and np.all(np.isfinite(np.asarray(sol.x)))
+        with pytest.raises(ValueError, match="ADDITIVE noise only"):
+            dg.solve.sample_sde((drift, multiplicative), X0, key=KEY, steps=4, solver="sra1")
+
+    def noise_from_args(t, x, a):  # scalar noise for a 0-d a, matrix noise (2, m) for a (2, m)
+        return a
+
+    def run(a):
+        return np.asarray(dg.solve.sample_sde((drift, noise_from_args), X0, key=KEY, steps=4,
+                                              args=a).x)  # fmt: skip
+
+    scalar, matrix = jnp.asarray(0.5), jnp.full((2, 3), 0.5)
+    got = [run(scalar), run(matrix), run(scalar)]
+    _memo._ABSTRACT_CACHE.clear()
+    fresh = [run(scalar)]
+    _memo._ABSTRACT_CACHE.clear()
+    fresh.append(run(matrix))
+    np.testing.assert_array_equal(got[0], fresh[0])
+    np.testing.assert_array_equal(got[2], fresh[0])
+    np.testing.assert_array_equal(got[1], fresh[1])
+    assert not np.array_equal(fresh[0], fresh[1])  # the two noise structures differ
 
 
 def nan_below(t0):

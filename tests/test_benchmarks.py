@@ -125,6 +125,22 @@ def test_throughput_quick(tmp_path):
     assert abs(a - b) < 1e-2 * abs(b), (a, b)
     r = w["training"]["ratios"]
     assert r["fit_over_fused"] > 0 and math.isfinite(r["fit_call_overhead_ms"])
+    # The paired JAX-only ratios: one per pair, summarised by their median and quartiles.
+    pairs = {
+        "fit_over_fused": w["training"]["paired"]["fit_over_fused"],
+        "euler100": w["sampling"]["euler100"]["paired"]["lib_over_plain"],
+        "dopri5": w["sampling"]["dopri5"]["paired"]["lib_over_plain"],
+    }
+    assert res["pairs"] == 5
+    for name, p in pairs.items():
+        assert len(p["ratios"]) == p["pairs"] == 5, name
+        assert all(math.isfinite(x) and x > 0 for x in p["ratios"]), name
+        assert min(p["ratios"]) <= p["q25"] <= p["median"] <= p["q75"] <= max(p["ratios"]), name
+    assert r["fit_over_fused_paired"] == pairs["fit_over_fused"]["median"]
+    assert w["sampling"]["dopri5"]["ratios"]["lib_over_plain_paired"] == pairs["dopri5"]["median"]
+    assert (
+        "Paired, JAX only (5 back-to-back pairs" in (tmp_path / "throughput_quick.md").read_text()
+    )
 
 
 @pytest.mark.slow
