@@ -311,6 +311,9 @@ def _solve_augmented(
         probes = None
     if steps is None:
         norm = dict(norm=_max_sample_norm) if error_control == "max" else {}
+        # Tolerances and coefficients as arrays: one compiled solve serves every tolerance and
+        # both step controls (log_prob's PI and nll_loss's I-control on the same settings).
+        pid = {k: jnp.asarray(v, dtype) for k, v in pid.items()}
         controller = diffrax.PIDController(
             rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), **pid, **norm
         )
