@@ -58,7 +58,7 @@ def test_observed_order_matches_declared_order(path_name, x64):
     ref = solve.sample_ode(
         field, x0, t0=t0, t1=t1, solver="dopri8", rtol=1e-13, atol=1e-13, per_sample=True
     ).x
-    steps = [16, 32, 64]
+    steps = [16, 64]  # (a least-squares slope over 16, 32, 64 is this one: log-equispaced)
     for sampler in solve.FEWSTEP_SAMPLERS:  # (3M with warmup="lower_order": O(h^2) start error)
         obj = get_sampler(sampler)
         errors = [
@@ -405,34 +405,49 @@ def test_grid_gradient_matches_finite_differences(x64):
 
 @pytest.mark.parametrize("path_name", ["linear", "vp"])
 def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
-    """The fitted grid beats its starting grid against the dopri8 reference on new noise."""
+    """The fitted grid beats its starting grid against the dopri8 reference on new noise.
+
+    Both fits (init=None and init="uniform") run the same number of iterations, so they share
+    one compiled fit; every grid is passed as an array, so one compiled sampler serves all of
+    them on a batch of a given size.
+    """
     mix = dg.data.mixture("mixture")
-    field = groundtruth.velocity_field(mix, path_name)
+    path = paths.get_path(path_name)
+    field = groundtruth.velocity_field(mix, path)
     pilot = jr.normal(jr.key(4), (128, 2))
     fresh = jr.normal(jr.key(5), (256, 2))
-    ts, info = solve.optimize_grid(field, pilot, solver="unipc", steps=8, init="uniform", iters=60)
-    assert ts.shape == (9,) and ts[0] == 0.0 and ts[-1] == 1.0 and np.all(np.diff(ts) > 0)
-    assert info["pilot_error"] < 0.7 * info["initial_error"]
-    assert info["n_pilot"] == 128 and info["iters"] == 60 and info["sampler_nfe"] == 8
-    assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
-    ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
-    fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
-    start = solve.sample_ode(field, fresh, solver="unipc", steps=8, grid="uniform")
-    assert fitted.nfe == start.nfe == 8
-    assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)
-    assert info["start"] == "uniform"
+    iters = 30  # pilot error / initial error after 30 iterations: 0.23 to 0.38 (both starts)
     # init=None starts from the named grid with the smallest pilot error
-    _, auto = solve.optimize_grid(field, pilot, solver="unipc", steps=8, iters=2)
+    ts, info = solve.optimize_grid(field, pilot, solver="unipc", steps=8, iters=iters)
     pilot_ref = solve.sample_ode(
         field, pilot, solver="dopri8", rtol=1e-10, atol=1e-10, per_sample=True
     ).x
     named = {
-        g: _rms(solve.sample_ode(field, pilot, solver="unipc", steps=8, grid=g).x, pilot_ref)
+        g: _rms(solve.sample_ode(field, pilot, solver="unipc", grid=_grid(path, g, 8)).x, pilot_ref)
         for g in solve.GRIDS
     }
-    assert auto["start"] == min(named, key=named.get)
-    assert auto["initial_error"] == pytest.approx(min(named.values()), rel=1e-6)
+    assert info["start"] == min(named, key=named.get)
+    assert info["initial_error"] == pytest.approx(min(named.values()), rel=1e-6)
+    _, uni = solve.optimize_grid(field, pilot, solver="unipc", steps=8, init="uniform", iters=iters)
+    assert uni["start"] == "uniform"
+    assert uni["initial_error"] == pytest.approx(named["uniform"], rel=1e-6)
+    assert uni["pilot_error"] < 0.5 * uni["initial_error"]
+    assert ts.shape == (9,) and ts[0] == 0.0 and ts[-1] == 1.0 and np.all(np.diff(ts) > 0)
+    assert info["pilot_error"] < 0.5 * info["initial_error"]
+    assert info["n_pilot"] == 128 and info["iters"] == iters and info["sampler_nfe"] == 8
+    assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
+    ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
+    fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
+    start = solve.sample_ode(field, fresh, solver="unipc", grid=_grid(path, info["start"], 8))
+    assert fitted.nfe == start.nfe == 8
+    assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)  # measured 0.52 (linear), 0.45 (vp)
     with pytest.raises(ValueError, match="stochastic"):
         solve.optimize_grid(field, pilot, solver=solve.EDMHeun(churn=1.0), steps=4)
     with pytest.raises(ValueError, match="steps"):
         solve.optimize_grid(field, pilot, solver="unipc")
+
+
+def _grid(path, name, steps):
+    """A named grid as an array: the sampler then compiles once for every grid of that length
+    (the named and the given grid agree: test_a_given_grid_equals_the_named_grid_...)."""
+    return np.asarray(solve.time_grid(path, name, steps))
