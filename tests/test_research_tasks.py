@@ -130,7 +130,7 @@ def test_task_class_conditional_flow(key):
         data,
         optimizer=dg.train.make_optimizer(3e-3),
         key=key,
-        num_steps=800,
+        num_steps=400,
         batch_size=256,
         progress=False,
     )
@@ -140,15 +140,16 @@ def test_task_class_conditional_flow(key):
         field = dg.solve.guided(result.ema_model, w, 2)
         x = dg.solve.sample_ode(field, z, cond=labels, solver="rk4", steps=10).x
         for c in range(2):
-            np.testing.assert_allclose(x[labels == c].mean(0), means[c], atol=0.2)
+            # measured within 0.08 of the class mean after 400 steps
+            np.testing.assert_allclose(x[labels == c].mean(0), means[c], atol=0.15)
     # the conditional likelihood: the right label explains a point far better than the wrong one
     pts, lab = data(jr.fold_in(key, 9), 50)
     right, _ = dg.cnf.log_prob(result.ema_model, pts, cond=lab)
     wrong, _ = dg.cnf.log_prob(result.ema_model, pts, cond=1 - lab)
     assert float(jnp.mean(right - wrong)) > 5.0
-    # and it is near the truth, log N(x; m_c, 0.3^2 I)
+    # and it is near the truth, log N(x; m_c, 0.3^2 I) (measured 0.01 nats off)
     truth = scipy.stats.norm.logpdf(np.asarray(pts), np.asarray(means[lab]), 0.3).sum(1)
-    assert abs(float(right.mean()) - truth.mean()) < 0.3
+    assert abs(float(right.mean()) - truth.mean()) < 0.1
 
 
 def test_task_reflow(key):
