@@ -381,11 +381,14 @@ def test_grid_gradient_matches_finite_differences(x64):
                 x, _ = _run(sampler, den, path, x0, None, None, 0.0, 1.0, 6, None, *ends, ts)
                 return jnp.sum(x**2)
 
-            inner = ts0[1:-1]
-            g = jax.grad(f)(inner)
-            eps = 1e-6
-            fd = jnp.stack([(f(inner.at[i].add(eps)) - f(inner.at[i].add(-eps))) / (2 * eps)
-                            for i in range(inner.shape[0])])  # fmt: skip
+            inner = np.asarray(ts0[1:-1])
+            g = jax.jit(jax.grad(f))(inner)
+            eps = 1e-6  # central differences, all 2 x 5 evaluations in one compiled program
+            shifts = eps * np.eye(inner.shape[0])
+            values = np.asarray(
+                jax.jit(jax.vmap(f))(np.concatenate([inner + shifts, inner - shifts]))
+            )
+            fd = (values[: inner.shape[0]] - values[inner.shape[0] :]) / (2 * eps)
             np.testing.assert_allclose(
                 g, fd, rtol=1e-4, atol=1e-6, err_msg=f"{path_name} {sampler}"
             )
