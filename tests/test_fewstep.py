@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import diffeqgen as dg
-from diffeqgen import cnf, groundtruth, paths, solve
+from diffeqgen import groundtruth, paths, solve
 from diffeqgen._fewstep import get_sampler
 
 
@@ -58,7 +58,7 @@ def test_observed_order_matches_declared_order(path_name, x64):
     ref = solve.sample_ode(
         field, x0, t0=t0, t1=t1, solver="dopri8", rtol=1e-13, atol=1e-13, per_sample=True
     ).x
-    steps = [16, 32, 64]
+    steps = [16, 64]  # (a least-squares slope over 16, 32, 64 is this one: log-equispaced)
     for sampler in solve.FEWSTEP_SAMPLERS:  # (3M with warmup="lower_order": O(h^2) start error)
         obj = get_sampler(sampler)
         errors = [
@@ -164,15 +164,15 @@ def test_every_sampler_converges_to_the_exact_endpoint_on_gaussian_data(path_nam
                 groundtruth.velocity_field(mix, path), x0, solver=sampler, steps=steps
             )
             errs[steps] = _rms(sol.x, exact)
+            if sampler == "unipc" and steps == 16:
+                ref = sol.x
         tol = 0.1 if sampler == "ddim" else 1e-2
         assert errs[64] < tol and errs[64] < errs[16] / 1.8, (_label(sampler), errs)
     # any parametrisation, via paths.as_vector_field: the same answer to round-off
-    # (up to the clipping of t at a vanishing alpha or sigma, 1e-3 here)
-    ref = solve.sample_ode(groundtruth.velocity_field(mix, path), x0, solver="unipc", steps=32).x
-    for kind in paths.KINDS:
+    for kind in paths.KINDS:  # (against the velocity field's UniPC run at 16 steps above)
         f = paths.as_vector_field(model(kind), path, kind)
-        got = solve.sample_ode(f, x0, solver="unipc", steps=32).x
-        assert _rms(got, ref) < 2e-3, kind
+        got = solve.sample_ode(f, x0, solver="unipc", steps=16).x
+        assert _rms(got, ref) < 1e-10, kind  # measured 1e-15
 
 
 # -------------------------------------------------------------------------------- NFE counts
@@ -215,8 +215,8 @@ def test_fewstep_nfe_equals_counted_network_calls(case):
 
 
 def test_adaptive_nfe_mean_and_max_match_counted_calls(x64):
-    """sample_ode(per_sample=True) and cnf.log_prob: nfe is the max over samples (the calls a
-    vmapped solve makes), nfe_mean the mean; several samples so that the two differ."""
+    """sample_ode(per_sample=True): nfe is the max over samples (the calls a vmapped solve
+    makes), nfe_mean the mean; several samples so that the two differ."""
     field = Counter(lambda t, y, args: -5.0 * jnp.cos(10.0 * t) * y)
     x0 = jnp.array([[1e-3], [1.0], [300.0], [0.2]])
     sol = solve.sample_ode(field, x0, rtol=1e-7, atol=1e-9, per_sample=True)
@@ -230,19 +230,7 @@ def test_adaptive_nfe_mean_and_max_match_counted_calls(x64):
     fixed = solve.sample_ode(field, x0, solver="heun", steps=5)
     jax.effects_barrier()
     assert field.calls == fixed.nfe == fixed.nfe_mean == 10
-
-    tanh = Counter(lambda t, z, args: jnp.tanh(3 * z) - 0.3 * z + jnp.sin(4 * t) * jnp.tanh(z) ** 2)
-    x = jnp.array([[0.1, -0.2], [2.5, 1.0], [-3.0, 2.0], [0.0, 0.4], [1.0, -2.0]])
-    for kw in (dict(), dict(rtol=1e-8, atol=1e-8), dict(solver="rk4", steps=3)):
-        tanh.calls = 0
-        lp, nfe = cnf.log_prob(tanh, x, **kw)
-        jax.block_until_ready(lp)
-        jax.effects_barrier()
-        assert tanh.calls == int(nfe), (kw, tanh.calls, nfe)
-    # per-sample counts differ here, so a mean would not match the calls
-    tight = dict(rtol=1e-8, atol=1e-8, error_control="per_sample")
-    one = [int(cnf.log_prob(tanh, x[i : i + 1], **tight)[1]) for i in range(5)]
-    assert min(one) < max(one) == int(cnf.log_prob(tanh, x, **tight)[1])
+    # (cnf.log_prob's counts, mean and max over samples: tests/test_cnf.py, the same field)
 
 
 # ------------------------------------------------------------------ transformations, cond
@@ -393,11 +381,14 @@ def test_grid_gradient_matches_finite_differences(x64):
                 x, _ = _run(sampler, den, path, x0, None, None, 0.0, 1.0, 6, None, *ends, ts)
                 return jnp.sum(x**2)
 
-            inner = ts0[1:-1]
-            g = jax.grad(f)(inner)
-            eps = 1e-6
-            fd = jnp.stack([(f(inner.at[i].add(eps)) - f(inner.at[i].add(-eps))) / (2 * eps)
-                            for i in range(inner.shape[0])])  # fmt: skip
+            inner = np.asarray(ts0[1:-1])
+            g = jax.jit(jax.grad(f))(inner)
+            eps = 1e-6  # central differences, all 2 x 5 evaluations in one compiled program
+            shifts = eps * np.eye(inner.shape[0])
+            values = np.asarray(
+                jax.jit(jax.vmap(f))(np.concatenate([inner + shifts, inner - shifts]))
+            )
+            fd = (values[: inner.shape[0]] - values[inner.shape[0] :]) / (2 * eps)
             np.testing.assert_allclose(
                 g, fd, rtol=1e-4, atol=1e-6, err_msg=f"{path_name} {sampler}"
             )
@@ -405,34 +396,49 @@ def test_grid_gradient_matches_finite_differences(x64):
 
 @pytest.mark.parametrize("path_name", ["linear", "vp"])
 def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
-    """The fitted grid beats its starting grid against the dopri8 reference on new noise."""
+    """The fitted grid beats its starting grid against the dopri8 reference on new noise.
+
+    Both fits (init=None and init="uniform") run the same number of iterations, so they share
+    one compiled fit; every grid is passed as an array, so one compiled sampler serves all of
+    them on a batch of a given size.
+    """
     mix = dg.data.mixture("mixture")
-    field = groundtruth.velocity_field(mix, path_name)
+    path = paths.get_path(path_name)
+    field = groundtruth.velocity_field(mix, path)
     pilot = jr.normal(jr.key(4), (128, 2))
     fresh = jr.normal(jr.key(5), (256, 2))
-    ts, info = solve.optimize_grid(field, pilot, solver="unipc", steps=8, init="uniform", iters=60)
-    assert ts.shape == (9,) and ts[0] == 0.0 and ts[-1] == 1.0 and np.all(np.diff(ts) > 0)
-    assert info["pilot_error"] < 0.7 * info["initial_error"]
-    assert info["n_pilot"] == 128 and info["iters"] == 60 and info["sampler_nfe"] == 8
-    assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
-    ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
-    fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
-    start = solve.sample_ode(field, fresh, solver="unipc", steps=8, grid="uniform")
-    assert fitted.nfe == start.nfe == 8
-    assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)
-    assert info["start"] == "uniform"
+    iters = 30  # pilot error / initial error after 30 iterations: 0.23 to 0.38 (both starts)
     # init=None starts from the named grid with the smallest pilot error
-    _, auto = solve.optimize_grid(field, pilot, solver="unipc", steps=8, iters=2)
+    ts, info = solve.optimize_grid(field, pilot, solver="unipc", steps=8, iters=iters)
     pilot_ref = solve.sample_ode(
         field, pilot, solver="dopri8", rtol=1e-10, atol=1e-10, per_sample=True
     ).x
     named = {
-        g: _rms(solve.sample_ode(field, pilot, solver="unipc", steps=8, grid=g).x, pilot_ref)
+        g: _rms(solve.sample_ode(field, pilot, solver="unipc", grid=_grid(path, g, 8)).x, pilot_ref)
         for g in solve.GRIDS
     }
-    assert auto["start"] == min(named, key=named.get)
-    assert auto["initial_error"] == pytest.approx(min(named.values()), rel=1e-6)
+    assert info["start"] == min(named, key=named.get)
+    assert info["initial_error"] == pytest.approx(min(named.values()), rel=1e-6)
+    _, uni = solve.optimize_grid(field, pilot, solver="unipc", steps=8, init="uniform", iters=iters)
+    assert uni["start"] == "uniform"
+    assert uni["initial_error"] == pytest.approx(named["uniform"], rel=1e-6)
+    assert uni["pilot_error"] < 0.5 * uni["initial_error"]
+    assert ts.shape == (9,) and ts[0] == 0.0 and ts[-1] == 1.0 and np.all(np.diff(ts) > 0)
+    assert info["pilot_error"] < 0.5 * info["initial_error"]
+    assert info["n_pilot"] == 128 and info["iters"] == iters and info["sampler_nfe"] == 8
+    assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
+    ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
+    fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
+    start = solve.sample_ode(field, fresh, solver="unipc", grid=_grid(path, info["start"], 8))
+    assert fitted.nfe == start.nfe == 8
+    assert _rms(fitted.x, ref) < 0.8 * _rms(start.x, ref)  # measured 0.52 (linear), 0.45 (vp)
     with pytest.raises(ValueError, match="stochastic"):
         solve.optimize_grid(field, pilot, solver=solve.EDMHeun(churn=1.0), steps=4)
     with pytest.raises(ValueError, match="steps"):
         solve.optimize_grid(field, pilot, solver="unipc")
+
+
+def _grid(path, name, steps):
+    """A named grid as an array: the sampler then compiles once for every grid of that length
+    (the named and the given grid agree: test_a_given_grid_equals_the_named_grid_...)."""
+    return np.asarray(solve.time_grid(path, name, steps))

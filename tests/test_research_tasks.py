@@ -130,7 +130,7 @@ def test_task_class_conditional_flow(key):
         data,
         optimizer=dg.train.make_optimizer(3e-3),
         key=key,
-        num_steps=800,
+        num_steps=400,
         batch_size=256,
         progress=False,
     )
@@ -140,15 +140,16 @@ def test_task_class_conditional_flow(key):
         field = dg.solve.guided(result.ema_model, w, 2)
         x = dg.solve.sample_ode(field, z, cond=labels, solver="rk4", steps=10).x
         for c in range(2):
-            np.testing.assert_allclose(x[labels == c].mean(0), means[c], atol=0.2)
+            # measured within 0.08 of the class mean after 400 steps
+            np.testing.assert_allclose(x[labels == c].mean(0), means[c], atol=0.15)
     # the conditional likelihood: the right label explains a point far better than the wrong one
     pts, lab = data(jr.fold_in(key, 9), 50)
     right, _ = dg.cnf.log_prob(result.ema_model, pts, cond=lab)
     wrong, _ = dg.cnf.log_prob(result.ema_model, pts, cond=1 - lab)
     assert float(jnp.mean(right - wrong)) > 5.0
-    # and it is near the truth, log N(x; m_c, 0.3^2 I)
+    # and it is near the truth, log N(x; m_c, 0.3^2 I) (measured 0.01 nats off)
     truth = scipy.stats.norm.logpdf(np.asarray(pts), np.asarray(means[lab]), 0.3).sum(1)
-    assert abs(float(right.mean()) - truth.mean()) < 0.3
+    assert abs(float(right.mean()) - truth.mean()) < 0.1
 
 
 def test_task_reflow(key):
@@ -161,14 +162,14 @@ def test_task_reflow(key):
     path = dg.paths.get_path("linear")
     teacher = dg.groundtruth.velocity_field(MIX, path)
     noise = lambda k, n: jr.normal(k, (n, 2))  # noqa: E731
-    x0, x1 = dg.couplings.reflow_pairs(teacher, key, 4000, source=noise, steps=32)
+    x0, x1 = dg.couplings.reflow_pairs(teacher, key, 2000, source=noise, steps=32)
     student = dg.train.fit(
         dg.nn.MLP(2, 2, width=64, depth=3, key=key),
         dg.losses.get_loss("flow_matching", path="linear"),
         dg.couplings.pair_sampler(x0, x1),
         optimizer=dg.train.make_optimizer(3e-3),
         key=key,
-        num_steps=1500,
+        num_steps=500,
         batch_size=256,
         progress=False,
     ).ema_model
@@ -179,10 +180,10 @@ def test_task_reflow(key):
         for name, f in (("teacher", teacher), ("student", student))
     }
     err = {k: float(jnp.sqrt(jnp.mean(jnp.sum((v - target) ** 2, 1)))) for k, v in one_step.items()}
-    assert err["student"] < 0.5 * err["teacher"], err
+    assert err["student"] < 0.2 * err["teacher"], err  # measured 0.24 against 2.22
     s_teacher = dg.couplings.straightness(teacher, z)
     s_student = dg.couplings.straightness(student, z)
     assert float(s_student.length_ratio) < float(s_teacher.length_ratio), (s_student, s_teacher)
     # Nearly straight: Liu et al.'s S (mean squared deviation from the chord) far below the
-    # teacher's (measured 5e-4 against 1.25).
-    assert float(s_student.deviation) < 0.05 * float(s_teacher.deviation), (s_student, s_teacher)
+    # teacher's (measured 2.6e-3 against 1.25 after 500 steps on 2000 pairs).
+    assert float(s_student.deviation) < 0.01 * float(s_teacher.deviation), (s_student, s_teacher)

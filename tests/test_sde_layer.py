@@ -105,13 +105,14 @@ def test_milstein_strong_order_one_on_gbm(x64):
     """Strong error E|X^h_1 - X_1| against the exact GBM solution on the SAME path.
 
     A shared VirtualBrownianTree over the batch (each per-sample solve reads its row); the
-    log-log slope over h = 2^-2..2^-7 is Milstein's strong order 1 (within 0.25).
+    log-log slope over h = 2^-2, 2^-4, 2^-7 is Milstein's strong order 1 (within 0.25; measured
+    0.90, and 0.87 over all of h = 2^-2..2^-7; Euler's strong order 0.5 gives 0.46 here).
     """
     n = 64
     bm = dfx.VirtualBrownianTree(0.0, 1.0, tol=2.0**-12, shape=(n, 1), key=jr.key(3))
     x0 = jnp.ones((n, 1))
     exact = np.asarray(x0 * jnp.exp(MU - 0.5 * S**2 + S * bm.evaluate(0.0, 1.0)))
-    ks = np.arange(2, 8)
+    ks = np.array([2, 4, 7])  # each step count compiles its own solve
     errs = []
     for k in ks:
         sol = solve.sample_sde(GBM, x0, brownian=bm, steps=int(2**k), solver=dfx.ItoMilstein())
@@ -257,8 +258,9 @@ def test_grad_through_sample_sde_default_path(x64):
     def final(x):
         return solve.sample_sde(GBM, x, key=jr.key(1), steps=steps).x
 
-    g = jax.grad(lambda x: final(x).sum())(x0)
-    np.testing.assert_allclose(g, final(x0) / x0, rtol=1e-9)
+    x_T, pullback = jax.vjp(final, x0)  # (the forward pass and its gradient: one compile)
+    (g,) = pullback(jnp.ones_like(x_T))  # d sum X_T / dx0
+    np.testing.assert_allclose(g, x_T / x0, rtol=1e-9)
 
 
 @pytest.mark.slow
