@@ -20,6 +20,7 @@ from ._checks import check_choice, check_int, check_positive, is_traced
 from ._conditioning import in_axes, merge, one_sample
 from ._failures import NONFINITE, NONFINITE_EVENT, all_finite, concrete
 from ._gaussian_paths import GaussianPath
+from ._solve_common import _core_scalar
 from ._solvers import _time_arrays, eager_fsal, evals_per_step
 from ._types import Array
 
@@ -313,14 +314,14 @@ def _solve_augmented(
         norm = dict(norm=_max_sample_norm) if error_control == "max" else {}
         # Tolerances and coefficients as arrays: one compiled solve serves every tolerance and
         # both step controls (log_prob's PI and nll_loss's I-control on the same settings).
-        pid = {k: jnp.asarray(v, dtype) for k, v in pid.items()}
+        pid = {k: _core_scalar(v, dtype) for k, v in pid.items()}
         controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), **pid, **norm
+            rtol=_core_scalar(rtol, dtype), atol=_core_scalar(atol, dtype), **pid, **norm
         )
         dt0 = None
     else:
         controller = diffrax.ConstantStepSize()
-        dt0 = jnp.asarray((t_end - t_start) / steps, dtype)
+        dt0 = _core_scalar((t_end - t_start) / steps, dtype)
         per_sample = False  # identical answers; one batched state is faster
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     z_end, delta, status = _integrate(
@@ -329,8 +330,8 @@ def _solve_augmented(
         jnp.zeros((n,), dtype),
         args,
         probes,
-        jnp.asarray(t_start, dtype),
-        jnp.asarray(t_end, dtype),
+        _core_scalar(t_start, dtype),
+        _core_scalar(t_end, dtype),
         dt0,
         solver=eager_fsal(solver),
         controller=controller,

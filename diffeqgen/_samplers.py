@@ -503,11 +503,8 @@ def annealed_langevin(
     args = pack(args, cond, x.shape[0], "annealed_langevin")
     _check_output("score", score, sig[0], x, args)
     hs = step_size * (sig / sig[-1]) ** 2
-
-    def cast(a):  # concrete levels cast on the host: no eager XLA conversions (issue 12)
-        return jnp.asarray(a, x.dtype) if is_traced(a) else np.asarray(a, x.dtype)
-
-    x, bad = _annealed_core(score, key, x, cast(sig), cast(hs), steps_per_level, temperature, args)
+    sig_a, hs_a = _core_scalar(sig, x.dtype), _core_scalar(hs, x.dtype)  # host-cast if concrete
+    x, bad = _annealed_core(score, key, x, sig_a, hs_a, steps_per_level, temperature, args)
     levels = int(sig.size)
     nfe = levels * steps_per_level
 

@@ -17,9 +17,9 @@ from ._solvers import Solution, _concrete, evals_per_step
 
 
 def _core_scalar(value, dtype):
-    """``value`` as a 0-d array of ``dtype`` for the compiled core.
+    """``value`` (a scalar, or an array such as a schedule's levels) as ``dtype`` for the core.
 
-    Concrete values become NumPy scalars (the jitted call transfers them with its other
+    Concrete values become NumPy arrays (the jitted call transfers them with its other
     arguments): ``jnp.asarray`` ran one small eager XLA conversion per scalar, four per
     ``sample_ode`` call, three per ``sample_sde`` call (issue 12). Traced values (inside the
     user's jit) stay traced. Same rounding either way (float32/float64/int32 only; other
