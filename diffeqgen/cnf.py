@@ -101,7 +101,7 @@ __all__ = [
 
 def log_prob(
     vector_field: Callable,
-    x: Float[Array, " n *event"],
+    x: Float[ArrayLike, " n *event"],
     *,
     t0: RealScalarLike = 0.0,
     t1: RealScalarLike = 1.0,
@@ -625,7 +625,6 @@ def nll_loss(
 
     x, cond = split_batch(batch)
     _check_float_data(x)
-    x = jnp.asarray(x) if isinstance(x, np.ndarray) else x  # as log_prob's check would convert
     probe_key = key if trace == "hutchinson" else None
     log_p, _, *ok = log_prob(
         model,
