@@ -12,7 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._solvers import _concrete
+from ._failures import concrete
 from ._types import Array, RealScalarLike
 
 __all__ = [
@@ -153,6 +153,6 @@ def guided(model: Any, weight: RealScalarLike, null_cond: Any) -> Guided:
     w = jnp.asarray(weight)
     if w.shape != ():
         raise ValueError(f"weight must be a scalar, got shape {w.shape}")
-    if _concrete(w) is not None and not bool(w >= 0):
+    if concrete(w) is not None and not bool(w >= 0):
         raise ValueError(f"weight must be >= 0 (0: no guidance), got {weight!r}")
     return Guided(model, w.astype(jnp.result_type(float)), null_cond)

@@ -41,7 +41,7 @@ from ._conditioning import batched, pack
 from ._failures import all_finite, concrete, report
 from ._gaussian_paths import _VANISH_RTOL, GaussianPath, _coef
 from ._parametrisations import _Converted, convert
-from ._solvers import Solution, _check_output, _check_x0, _concrete
+from ._solvers import Solution, _check_output, _check_x0
 from .groundtruth import _Field
 from .groundtruth import denoiser as _gt_denoiser
 
@@ -581,7 +581,7 @@ def _degenerate(path, t, which):
 
 
 def _concrete_time(name, t):
-    c = _concrete(t)
+    c = concrete(t)
     if c is None:
         raise ValueError(
             f"few-step samplers build their time grid before tracing: {name} must be a concrete "
@@ -612,7 +612,7 @@ def _resolve(vector_field, label, path, t0, t1):
 
 def _check_grid_array(grid, c0, c1):
     """A given grid: a concrete 1-d array of times, strictly increasing from t0 to t1."""
-    c = _concrete(grid)
+    c = concrete(grid)
     if c is None:
         raise ValueError(
             "grid must be concrete (the sampler's orders and endpoint steps depend on it): pass "

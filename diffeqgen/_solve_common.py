@@ -11,7 +11,7 @@ import numpy as np
 
 from ._conditioning import batched
 from ._failures import NONFINITE, all_finite, concrete, grid_describe, report, result_message
-from ._solvers import Solution, _concrete, evals_per_step
+from ._solvers import Solution, evals_per_step
 
 # --------------------------------------------------------------------------- validation helpers
 
@@ -26,7 +26,7 @@ def _core_scalar(value, dtype):
     dtypes take ``jnp.asarray``).
     """
     dtype = np.dtype(dtype)
-    if dtype in _HOST_DTYPES and _concrete(value) is not None:
+    if dtype in _HOST_DTYPES and concrete(value) is not None:
         return np.asarray(value, dtype)
     return jnp.asarray(value, dtype)
 
@@ -40,7 +40,7 @@ def _check_saveat(saveat, c0, c1, dtype):
     ts = jnp.asarray(saveat, dtype=dtype)
     if ts.ndim != 1 or ts.shape[0] == 0:
         raise ValueError(f"saveat must be a non-empty 1-d array of times, got shape {ts.shape}")
-    cts = _concrete(ts)
+    cts = concrete(ts)
     if cts is not None and c0 is not None and c1 is not None:
         lo, hi = min(c0, c1), max(c0, c1)
         span = hi - lo
@@ -49,7 +49,7 @@ def _check_saveat(saveat, c0, c1, dtype):
         d = np.diff(cts) * np.sign(c1 - c0)
         if np.any(d < 0):
             raise ValueError(f"saveat times must run in the direction t0 -> t1, got {cts}")
-        ts = jnp.clip(ts, lo, hi)
+        ts = jnp.asarray(np.clip(cts, lo, hi), dtype=dtype)  # rounding only (checked above)
     return ts
 
 

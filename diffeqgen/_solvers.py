@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._checks import check_array, check_choice, check_finite
+from ._failures import concrete
 
 __all__ = [
     "ODE_SOLVERS",
@@ -280,18 +281,10 @@ class Solution(eqx.Module):
         if self.nfe_per_sample is None:
             return self.nfe
         mean = jnp.mean(jnp.asarray(self.nfe_per_sample, jnp.float32))
-        return float(mean) if _concrete(mean) is not None else mean
+        return float(mean) if concrete(mean) is not None else mean
 
 
 # ------------------------------------------------------------- validation shared by samplers
-
-
-def _concrete(x):
-    """``np.asarray(x)`` or None when ``x`` is traced (called inside the user's jit)."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return None
 
 
 def _check_x0(x0) -> Array:
@@ -330,7 +323,7 @@ def _check_output(name: str, fn, t, x0, args, *, allow_scalar: bool = False):
 
 
 def _check_times(t0, t1, *, forward_only: bool = False):
-    c0, c1 = _concrete(t0), _concrete(t1)
+    c0, c1 = concrete(t0), concrete(t1)
     if c0 is not None and c1 is not None:
         if c0.shape != () or c1.shape != ():
             raise ValueError(f"t0 and t1 must be scalars, got shapes {c0.shape} and {c1.shape}")
@@ -354,7 +347,7 @@ def _time_arrays(t0, t1, dtype, *, forward_only: bool = False):
     checked when the computation runs.
     """
     t0a, t1a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
-    if _concrete(t0) is None or _concrete(t1) is None:
+    if concrete(t0) is None or concrete(t1) is None:
         bad = ~(jnp.isfinite(t0a) & jnp.isfinite(t1a)) | (t0a == t1a)
         if forward_only:
             bad = bad | (t1a < t0a)

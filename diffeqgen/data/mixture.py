@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._checks import check_int
+from .._failures import concrete
 
 __all__ = ["GaussianMixture"]
 
@@ -25,14 +26,6 @@ def _as_float_array(x) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
-
-
-def _concrete(x) -> np.ndarray | None:
-    """Return ``x`` as a numpy array, or ``None`` when it is a tracer (inside jit/vmap/grad)."""
-    try:
-        return np.asarray(x)
-    except Exception:  # noqa: BLE001  (jax raises a tracer-conversion error)
-        return None
 
 
 class GaussianMixture(eqx.Module):
@@ -75,7 +68,7 @@ class GaussianMixture(eqx.Module):
         self._check_values()
 
     def _check_values(self) -> None:
-        mu, cov, w = (_concrete(a) for a in (self.means, self.covariances, self.weights))
+        mu, cov, w = (concrete(a) for a in (self.means, self.covariances, self.weights))
         if mu is None or cov is None or w is None:
             return
         for name, a in (("means", mu), ("covariances", cov), ("weights", w)):
