@@ -16,6 +16,7 @@ import optax
 
 from ._checks import check_array, check_finite
 from ._memo import abstract_key, cached
+from ._xla import compiler_options
 from .losses import SIGNATURE_HINT, split_batch
 
 __all__ = [
@@ -389,7 +390,7 @@ def compiled_chunk(args: tuple) -> tuple[Callable, float]:
     def compile_now():
         nonlocal seconds
         t = time.perf_counter()
-        exe = run_chunk.lower(*args).compile()
+        exe = run_chunk.lower(*args).compile(compiler_options=compiler_options())
         seconds = time.perf_counter() - t
         return exe
 
