@@ -37,6 +37,17 @@ def test_options_by_platform(monkeypatch):
     assert _xla.compiler_options("tpu") == {}
 
 
+def test_fit_options_only_for_small_batches(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    small = jax.ShapeDtypeStruct((256, 2), jnp.float32)
+    assert _xla.fit_compiler_options(small, "cpu") == _xla.compiler_options("cpu") != {}
+    n = _xla.SMALL_BATCH_ELEMENTS
+    assert _xla.fit_compiler_options((jnp.zeros((n // 4, 2)), jnp.zeros(n // 4)), "cpu") != {}
+    assert _xla.fit_compiler_options(jax.ShapeDtypeStruct((n + 1,), jnp.float32), "cpu") == {}
+    assert _xla.fit_compiler_options({"x": jnp.zeros((n, 2)), "cond": None}, "cpu") == {}
+    assert _xla.fit_compiler_options(small, "gpu") == {}
+
+
 def test_user_disabled_passes_are_kept(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_disable_hlo_passes=a,b")
     assert _xla.compiler_options("cpu") == {
@@ -73,8 +84,16 @@ def test_fit_bit_identical_without_the_options(optimised, monkeypatch):
                             optimizer=optax.adam(1e-3), num_steps=20, batch_size=256,
                             steps_per_call=10, progress=False)  # fmt: skip
 
+    passed = []
+
+    def spy(batch):
+        passed.append(_xla.fit_compiler_options(batch))
+        return passed[-1]
+
+    monkeypatch.setattr(_train_step, "fit_compiler_options", spy)
     ours = run()
-    monkeypatch.setattr(_train_step, "compiler_options", lambda: {})
+    assert passed and all(p == _xla.compiler_options() != {} for p in passed)
+    monkeypatch.setattr(_train_step, "fit_compiler_options", lambda batch: {})
     plain = run()
     assert_trees_equal(ours.model, plain.model)
     assert_trees_equal(ours.ema_model, plain.ema_model)
