@@ -8,7 +8,10 @@ a. **Flow-matching training**, batch 256, Adam 1e-3, linear path (torchcfm's
    dispatch) against a hand-fused plain-JAX loop (one ``lax.scan`` of all steps, same work
    including the EMA), a plain jitted step per Python iteration, a vectorised PyTorch loop and
    torchcfm's ``ConditionalFlowMatcher`` loop (PyTorch with 1 and with 2 threads; best taken).
-   A short ``fit`` call (5 steps) is timed too: fit's per-call overhead.
+   A short ``fit`` call (5 steps) is timed too: fit's per-call overhead. ``fit`` compiles its
+   chunk with the XLA option it passes on CPU (``diffeqgen._xla``: parallel task assignment of
+   loops off, bit-identical results; docs, train page), so the hand-fused loop is also timed
+   compiled with that option, and ``fit`` is paired with both.
 b. **Sampling** 10,000 points, Euler 100 steps and dopri5 at rtol = atol = 1e-5:
    ``solve.sample_ode`` against plain Diffrax (same solver, controller and batch-as-one-state)
    and torchdiffeq ``odeint``; NFE stated for each (equal NFE is the comparison).
@@ -25,6 +28,9 @@ d. **CNF maximum-likelihood training step**, batch 512, dopri5 at rtol = atol = 
    same by hand with Diffrax and against torchdiffeq ``odeint`` + ``backward()`` + Adam; all
    three discretise-then-optimise with I-controlled steps (``nll_loss``'s adaptive steps,
    Diffrax's and torchdiffeq's default control) and the exact trace; forward NFE of each.
+   The library's step is also timed jitted with the XLA option ``fit`` passes on CPU (as
+   ``fit(model, cnf.nll_loss, ...)`` compiles it; a user's own jit does not get it): a separate
+   row, not the default path.
 
 Timing: every implementation is called once first (JAX compile; reported as "first call minus
 the median"), then the implementations are interleaved, round-robin over ``--repeats`` with
@@ -73,6 +79,7 @@ import numpy as np
 import optax
 
 from diffeqgen import cnf, data, losses, paths, solve, train
+from diffeqgen._xla import compiler_options as xla_options
 
 DIM, WIDTH, DATASET, LR, TOL = 2, 64, "8gaussians", 1e-3, 1e-5
 N_REF = 500  # likelihood errors are measured on this many points against the float64 reference
@@ -297,15 +304,21 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pa
         e = jax.tree_util.tree_map(lambda e, p: e + (1 - d) * (p - e), e, p)
         return (p, e, o), value
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def fused(carry, train_key, n):
+    def scan(carry, train_key, n):
         return jax.lax.scan(lambda c, s: one(c, s, train_key), carry, jnp.arange(n))
 
+    fused = jax.jit(scan, static_argnums=2)
+    # the same program compiled with the XLA options fit passes on CPU (diffeqgen._xla: the
+    # parallel task assignment of loops off; bit-identical results)
+    fused_opts = jax.jit(scan, static_argnums=2, compiler_options=xla_options())
     step_jit = jax.jit(one)
     carry0 = (params, params, opt.init(params))
 
     def run_fused(n=steps):
         return block(fused(carry0, key, n))
+
+    def run_fused_opts(n=steps):
+        return block(fused_opts(carry0, key, n))
 
     def run_per_step(n=steps):
         c = carry0
@@ -313,18 +326,22 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pa
             c, value = step_jit(c, jnp.int32(s), key)
         return block(value)
 
-    fns = {"fit": run_fit, "fused": run_fused, "per_step": run_per_step,
+    fns = {"fit": run_fit, "fused": run_fused, "fused_opts": run_fused_opts,
+           "per_step": run_per_step,
            "fit_5": functools.partial(run_fit, 5), "fused_5": functools.partial(run_fused, 5),
            "per_step_5": functools.partial(run_per_step, 5)}  # fmt: skip
     if torch_why is None:
         fns.update(torch_fm(init_model, sampler, steps, batch, seed))
     t = interleaved(fns, repeats)
     pair = paired(run_fit, run_fused, pairs)  # JAX only, right after the rounds
+    pair_opts = paired(run_fit, run_fused_opts, pairs)  # fit against the same compiled program
     fl = 3 * F_FORWARD * batch * steps
     rows = [
         row("diffeqgen fit (100 steps per dispatch)", t["fit"], work=steps, flops=fl,
             matmul=matmul),
         row("plain JAX, hand-fused lax.scan", t["fused"], work=steps, flops=fl, matmul=matmul),
+        row("plain JAX, hand-fused lax.scan, fit's CPU compiler options", t["fused_opts"],
+            work=steps, flops=fl, matmul=matmul),
         row("plain JAX, jitted step per Python iteration", t["per_step"], work=steps, flops=fl,
             matmul=matmul),
     ]  # fmt: skip
@@ -343,6 +360,7 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pa
     ratios = {
         "fit_over_fused": fit_r["rate"] / by["plain JAX, hand-fused lax.scan"]["rate"],
         "fit_over_fused_paired": pair["median"],
+        "fit_over_fused_same_options_paired": pair_opts["median"],
         "fit_over_per_step": fit_r["rate"]
         / by["plain JAX, jitted step per Python iteration"]["rate"],
         "fit_call_overhead_ms": 1e3 * (short[0]["seconds"] - short[1]["seconds"]),
@@ -354,7 +372,8 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pa
                 fit_r["rate"] / best["rate"]
             )
     return dict(steps=steps, batch=batch, unit="steps/s", rows=rows, short_calls=short,
-                ratios=ratios, paired={"fit_over_fused": pair})  # fmt: skip
+                ratios=ratios, paired={"fit_over_fused": pair,
+                                       "fit_over_fused_same_options": pair_opts})  # fmt: skip
 
 
 def torch_fm(init_model, sampler, steps, batch, seed):
@@ -686,11 +705,15 @@ def cnf_training(model, x, repeats, matmul, torch_why):
     nll = functools.partial(cnf.nll_loss, solver="dopri5", steps=None, rtol=TOL, atol=TOL)
     opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
 
-    @eqx.filter_jit
-    def lib_step(model, opt_state, x):
+    def lib_step_fn(model, opt_state, x):
         value, g = eqx.filter_value_and_grad(nll)(model, None, x)
         u, opt_state = opt.update(g, opt_state, eqx.filter(model, eqx.is_inexact_array))
         return eqx.apply_updates(model, u), opt_state, value
+
+    lib_step = eqx.filter_jit(lib_step_fn)
+    # not the default path (the user's jit): the step compiled with the XLA options that fit
+    # passes on CPU (diffeqgen._xla), as fit(model, cnf.nll_loss, ...) compiles it
+    lib_step_opts = eqx.filter_jit(lib_step_fn, compiler_options=xla_options())
 
     @eqx.filter_jit
     def plain_step(model, opt_state, x):
@@ -706,7 +729,8 @@ def cnf_training(model, x, repeats, matmul, torch_why):
 
         return go
 
-    fns = {"lib": run(lib_step, "lib"), "plain": run(plain_step, "plain")}
+    fns = {"lib": run(lib_step, "lib"), "lib_opts": run(lib_step_opts, "lib_opts"),
+           "plain": run(plain_step, "plain")}  # fmt: skip
     if torch_why is None:
         for threads in (1, 2):
             fns[f"torch@{threads}"] = torch_threads(torch_cnf_step(model, x, values), threads)
@@ -719,6 +743,7 @@ def cnf_training(model, x, repeats, matmul, torch_why):
     rows = []
     for name, label, nfe in (
         ("lib", "diffeqgen cnf.nll_loss + value_and_grad + Adam", int(nfe_lib)),
+        ("lib_opts", "the same step jitted with fit's CPU compiler options", int(nfe_lib)),
         ("plain", "plain Diffrax (batch as one state) + value_and_grad + Adam", nfe_plain),
     ):
         rows.append(row(label, t[name], flops=3 * (1 + DIM) * F_FORWARD * n * nfe,
@@ -729,10 +754,12 @@ def cnf_training(model, x, repeats, matmul, torch_why):
                         f"{'s' * (threads > 1)})", t[f"torch@{threads}"],
                         flops=3 * (1 + DIM) * F_FORWARD * n * nfe, matmul=matmul,
                         nfe_forward=nfe, loss=values["torch"]))  # fmt: skip
-    ratios = {"lib_over_plain": rows[0]["rate"] / rows[1]["rate"]}
+    ratios = {"lib_over_plain": rows[0]["rate"] / rows[2]["rate"],
+              "lib_opts_over_lib": rows[1]["rate"] / rows[0]["rate"]}  # fmt: skip
     best = best_of_threads(rows, "torchdiffeq odeint + backward + Adam")
     if best:
         ratios["lib_over_torch"] = rows[0]["rate"] / best["rate"]
+        ratios["lib_opts_over_torch"] = rows[1]["rate"] / best["rate"]
     return dict(batch=n, unit="steps/s", rows=rows, ratios=ratios)
 
 

@@ -16,6 +16,7 @@ import optax
 
 from ._checks import check_array, check_finite
 from ._memo import abstract_key, cached
+from ._xla import fit_compiler_options
 from .losses import SIGNATURE_HINT, split_batch
 
 __all__ = [
@@ -382,14 +383,17 @@ def compiled_chunk(args: tuple) -> tuple[Callable, float]:
     leaf) are compiled on every call, as before. With several devices (a mesh, or arrays
     placed on another device) an executable compiled ahead of time rejects arguments placed
     differently, so there `run_chunk` itself is returned (compiled here, dispatched by
-    ``eqx.filter_jit``, which waits for each chunk).
+    ``eqx.filter_jit``, which waits for each chunk). On CPU a small batch's chunk is compiled
+    with ``_xla.fit_compiler_options`` (XLA's parallel task assignment off; bit-identical).
     """
     seconds = 0.0
 
     def compile_now():
         nonlocal seconds
         t = time.perf_counter()
-        exe = run_chunk.lower(*args).compile()
+        _, _, data, _, _, train_key, config, _ = args
+        batch = eqx.filter_eval_shape(draw, data, config.is_sampler, train_key, config.batch_size)
+        exe = run_chunk.lower(*args).compile(compiler_options=fit_compiler_options(batch))
         seconds = time.perf_counter() - t
         return exe
 

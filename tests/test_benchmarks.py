@@ -121,13 +121,16 @@ def test_throughput_quick(tmp_path):
         assert 0 <= r["max_err"] < 0.1, r
         assert r["nfe_max"] >= 10, r
     # The library's loss and the hand-written one are the same negative log-likelihood.
-    a, b = (r["loss"] for r in tables["cnf_training"][:2])
+    a, a_opts, b = (r["loss"] for r in tables["cnf_training"][:3])
     assert abs(a - b) < 1e-2 * abs(b), (a, b)
+    # The same step compiled with fit's CPU compiler options: bit-identical (threads only).
+    assert a_opts == a, (a_opts, a)
     r = w["training"]["ratios"]
     assert r["fit_over_fused"] > 0 and math.isfinite(r["fit_call_overhead_ms"])
     # The paired JAX-only ratios: one per pair, summarised by their median and quartiles.
     pairs = {
         "fit_over_fused": w["training"]["paired"]["fit_over_fused"],
+        "fit_over_fused_same_options": w["training"]["paired"]["fit_over_fused_same_options"],
         "euler100": w["sampling"]["euler100"]["paired"]["lib_over_plain"],
         "dopri5": w["sampling"]["dopri5"]["paired"]["lib_over_plain"],
     }

@@ -1,0 +1,100 @@
+"""The XLA options the library passes when it compiles on CPU (``diffeqgen._xla``).
+
+They change how XLA assigns loops to threads, not what is computed: `fit` must give bit-identical
+results with and without them. Compiled with XLA's optimisations on (the suite turns most of them
+off, and the pass in question is one of those that then does not run).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+import pytest
+from helpers import assert_trees_equal
+
+import diffeqgen as dg
+from diffeqgen import _memo, _train_step, _xla
+
+_SPLIT = 'outer_dimension_partitions":["'
+
+
+@pytest.fixture
+def optimised():
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+def test_options_by_platform(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert _xla.compiler_options("cpu") == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
+    assert _xla.compiler_options("gpu") == {}
+    assert _xla.compiler_options("tpu") == {}
+
+
+def test_fit_options_only_for_small_batches(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    small = jax.ShapeDtypeStruct((256, 2), jnp.float32)
+    assert _xla.fit_compiler_options(small, "cpu") == _xla.compiler_options("cpu") != {}
+    n = _xla.SMALL_BATCH_ELEMENTS
+    assert _xla.fit_compiler_options((jnp.zeros((n // 4, 2)), jnp.zeros(n // 4)), "cpu") != {}
+    assert _xla.fit_compiler_options(jax.ShapeDtypeStruct((n + 1,), jnp.float32), "cpu") == {}
+    assert _xla.fit_compiler_options({"x": jnp.zeros((n, 2)), "cond": None}, "cpu") == {}
+    assert _xla.fit_compiler_options(small, "gpu") == {}
+
+
+def test_user_disabled_passes_are_kept(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_disable_hlo_passes=a,b")
+    assert _xla.compiler_options("cpu") == {
+        "xla_disable_hlo_passes": "a,b,cpu-parallel-task-assigner"
+    }
+    monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=cpu-parallel-task-assigner")
+    assert _xla.compiler_options("cpu") == {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_option_removes_the_thread_split(optimised, monkeypatch):
+    """A large elementwise loop is split across threads by default, not with the options."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    x = jnp.linspace(0.0, 1.0, 1 << 16)
+    lowered = jax.jit(lambda x: jnp.sin(x) * jnp.exp(x)).lower(x)
+    default = lowered.compile()
+    ours = lowered.compile(compiler_options=_xla.compiler_options())
+    if _SPLIT not in default.as_text():
+        pytest.skip("XLA did not split this loop across threads here (one intra-op thread?)")
+    assert _SPLIT not in ours.as_text()
+    assert_trees_equal(default(x), ours(x))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_fit_bit_identical_without_the_options(optimised, monkeypatch):
+    """`fit` (random batches drawn inside the compiled scan) is unchanged to the bit."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    loss = functools.partial(dg.losses.flow_matching_loss, path=dg.paths.get_path("linear"))
+    model = dg.nn.MLP(2, 2, width=16, depth=2, key=jr.key(0))
+
+    def run():
+        _memo._ABSTRACT_CACHE.clear()  # compile afresh (the executable is memoised)
+        return dg.train.fit(model, loss, dg.data.sampler("8gaussians"), key=jr.key(1),
+                            optimizer=optax.adam(1e-3), num_steps=20, batch_size=256,
+                            steps_per_call=10, progress=False)  # fmt: skip
+
+    passed = []
+
+    def spy(batch):
+        passed.append(_xla.fit_compiler_options(batch))
+        return passed[-1]
+
+    monkeypatch.setattr(_train_step, "fit_compiler_options", spy)
+    ours = run()
+    assert passed and all(p == _xla.compiler_options() != {} for p in passed)
+    monkeypatch.setattr(_train_step, "fit_compiler_options", lambda batch: {})
+    plain = run()
+    assert_trees_equal(ours.model, plain.model)
+    assert_trees_equal(ours.ema_model, plain.ema_model)
+    assert_trees_equal(ours.history, plain.history)
