@@ -9,9 +9,9 @@ a. **Flow-matching training**, batch 256, Adam 1e-3, linear path (torchcfm's
    including the EMA), a plain jitted step per Python iteration, a vectorised PyTorch loop and
    torchcfm's ``ConditionalFlowMatcher`` loop (PyTorch with 1 and with 2 threads; best taken).
    A short ``fit`` call (5 steps) is timed too: fit's per-call overhead. ``fit`` compiles its
-   chunk with the XLA option it passes on CPU (``diffeqgen._xla``: parallel task assignment of
-   loops off, bit-identical results; docs, train page), so the hand-fused loop is also timed
-   compiled with that option, and ``fit`` is paired with both.
+   chunk with the XLA option it passes on CPU (``train.compiler_options``: parallel task
+   assignment of loops off, bit-identical results; docs, train page), so the hand-fused loop is
+   also timed compiled with that option, and ``fit`` is paired with both.
 b. **Sampling** 10,000 points, Euler 100 steps and dopri5 at rtol = atol = 1e-5:
    ``solve.sample_ode`` against plain Diffrax (same solver, controller and batch-as-one-state)
    and torchdiffeq ``odeint``; NFE stated for each (equal NFE is the comparison).
@@ -79,7 +79,6 @@ import numpy as np
 import optax
 
 from diffeqgen import cnf, data, losses, paths, solve, train
-from diffeqgen._xla import compiler_options as xla_options
 
 DIM, WIDTH, DATASET, LR, TOL = 2, 64, "8gaussians", 1e-3, 1e-5
 N_REF = 500  # likelihood errors are measured on this many points against the float64 reference
@@ -308,9 +307,9 @@ def fm_training(init_model, sampler, steps, repeats, matmul, torch_why, seed, pa
         return jax.lax.scan(lambda c, s: one(c, s, train_key), carry, jnp.arange(n))
 
     fused = jax.jit(scan, static_argnums=2)
-    # the same program compiled with the XLA options fit passes on CPU (diffeqgen._xla: the
+    # the same program compiled with the XLA options fit passes on CPU (train.compiler_options: the
     # parallel task assignment of loops off; bit-identical results)
-    fused_opts = jax.jit(scan, static_argnums=2, compiler_options=xla_options())
+    fused_opts = jax.jit(scan, static_argnums=2, compiler_options=train.compiler_options())
     step_jit = jax.jit(one)
     carry0 = (params, params, opt.init(params))
 
@@ -712,8 +711,8 @@ def cnf_training(model, x, repeats, matmul, torch_why):
 
     lib_step = eqx.filter_jit(lib_step_fn)
     # not the default path (the user's jit): the step compiled with the XLA options that fit
-    # passes on CPU (diffeqgen._xla), as fit(model, cnf.nll_loss, ...) compiles it
-    lib_step_opts = eqx.filter_jit(lib_step_fn, compiler_options=xla_options())
+    # passes on CPU (train.compiler_options), as fit(model, cnf.nll_loss, ...) compiles it
+    lib_step_opts = eqx.filter_jit(lib_step_fn, compiler_options=train.compiler_options())
 
     @eqx.filter_jit
     def plain_step(model, opt_state, x):

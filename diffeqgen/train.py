@@ -51,7 +51,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from . import sharding
+from . import _xla, sharding
 from ._checkpoint import (
     TrainState,
     _empty_history,
@@ -88,6 +88,7 @@ __all__ = [
     "make_optimizer",
     "save_checkpoint",
     "load_checkpoint",
+    "compiler_options",
 ]
 
 VAL_SAMPLES = 2048
@@ -131,6 +132,26 @@ class TrainResult:
         return TrainState(
             self.model, self.ema_model, self.opt_state, self.step, self.key, self.history
         )
+
+
+def compiler_options(batch: Any = None, *, platform: str | None = None) -> dict[str, str]:
+    """XLA options `fit` passes when it compiles its fused steps; use them in your own loop.
+
+    ``jax.jit(step, compiler_options=dg.train.compiler_options(batch))`` compiles a
+    hand-written training step as `fit` compiles its own. On CPU, for a batch of at most
+    4096 numbers over all its leaves (arrays or ``jax.ShapeDtypeStruct``; ``None``: any
+    small batch), that is XLA's ``cpu-parallel-task-assigner`` pass switched off, keeping the
+    passes disabled in ``XLA_FLAGS``: the loops of a small step are too short to be worth
+    splitting across threads (flow-matching step at batch 256 1.34x faster, CNF step at batch
+    512 1.28x less CPU time; docs, train page). Results are bit-identical. Elsewhere, or for a
+    larger batch, ``{}``. ``platform``: ``"cpu"``, ``"gpu"``, ``"tpu"`` or None (JAX's default
+    backend). The options apply to the outermost ``jit`` only (XLA compiles that program).
+    """
+    if platform is not None:
+        platform = check_choice("platform", platform, ("cpu", "gpu", "tpu"))
+    if batch is None:
+        return _xla.compiler_options(platform)
+    return _xla.fit_compiler_options(batch, platform)
 
 
 def make_optimizer(

@@ -647,6 +647,12 @@ CASES = [
     ("train.init_state", lambda: U(dg.train.init_state)(TINY, OPT, key=1.5), TypeError, "key"),
     ("train.make_optimizer", lambda: dg.train.make_optimizer(-1.0), ValueError, "learning_rate"),
     (
+        "train.compiler_options",
+        lambda: dg.train.compiler_options(platform="cuda:0"),
+        ValueError,
+        "platform 'cuda:0'",
+    ),
+    (
         "train.save_checkpoint",
         lambda: U(dg.train.save_checkpoint)("/tmp/unused.ckpt", {"model": TINY}),
         TypeError,

@@ -48,6 +48,17 @@ def test_fit_options_only_for_small_batches(monkeypatch):
     assert _xla.fit_compiler_options(small, "gpu") == {}
 
 
+def test_public_options_are_fits(monkeypatch):
+    """`train.compiler_options` returns what `fit` passes (for a batch, with its size limit)."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    small, big = jnp.zeros((256, 2)), jax.ShapeDtypeStruct((_xla.SMALL_BATCH_ELEMENTS + 1,), "f")
+    assert dg.train.compiler_options(platform="cpu") == _xla.compiler_options("cpu") != {}
+    assert dg.train.compiler_options(small, platform="cpu") == _xla.compiler_options("cpu")
+    assert dg.train.compiler_options(big, platform="cpu") == {}
+    assert dg.train.compiler_options(small, platform="gpu") == {}
+    assert dg.train.compiler_options() == _xla.compiler_options()
+
+
 def test_user_disabled_passes_are_kept(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_disable_hlo_passes=a,b")
     assert _xla.compiler_options("cpu") == {
