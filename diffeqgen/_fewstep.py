@@ -884,7 +884,8 @@ def optimize_grid(
         (per pilot sample, max over samples), ``iters`` and ``sampler_nfe`` (per sample per
         iteration; the pilot cost per pilot sample is
         ``reference_nfe + iters * sampler_nfe`` evaluations and as many vector-Jacobian
-        products).
+        products) and ``nonfinite_iters`` (iterations whose loss or gradient had a non-finite
+        entry; those gradient entries were zeroed, and the best grid met is returned).
 
     Raises:
         ValueError: bad names, sizes, times, a stochastic sampler, or a pilot whose error is
@@ -927,7 +928,7 @@ def optimize_grid(
     elif ts is None:
         ts = time_grid(path, grid, steps, c0, c1, dtype=x.dtype)
     ts = ts.astype(x.dtype)
-    theta, loss, nfe = _fit_grid(
+    theta, loss, nonfinite, nfe = _fit_grid(
         sampler, den, path, x, ref.x, packed, ts, c0, c1, steps, first_deg, last_deg,
         iters, jnp.asarray(learning_rate, x.dtype),
     )  # fmt: skip
@@ -945,6 +946,7 @@ def optimize_grid(
         reference_nfe=int(ref.nfe),
         iters=iters,
         sampler_nfe=int(nfe),
+        nonfinite_iters=int(nonfinite),
     )
     return _grid_from(theta, c0, c1, steps), info
 
@@ -959,7 +961,10 @@ def _grid_from(theta, c0, c1, steps):
 @eqx.filter_jit
 def _fit_grid(sampler, den, path, x, ref, args, ts, c0, c1, steps, first_deg, last_deg, iters,
               learning_rate):  # fmt: skip
-    """Adam on the log interval lengths; returns the best theta met, every loss and the NFE.
+    """Adam on the log interval lengths: best theta met, losses, non-finite count, NFE.
+
+    The count is of iterations with a non-finite loss or gradient (those gradient entries are
+    zeroed, so Adam skips them).
 
     (The loss of the last update's result is not evaluated: one forward pass less to compile.)
     """
@@ -980,12 +985,14 @@ def _fit_grid(sampler, den, path, x, ref, args, ts, c0, c1, steps, first_deg, la
         better = jnp.isfinite(loss) & (loss < best_loss)
         best = jnp.where(better, theta, best)
         best_loss = jnp.where(better, loss, best_loss)
-        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        finite = jnp.isfinite(g)
+        g = jnp.where(finite, g, 0.0)  # counted and reported (info["nonfinite_iters"])
         updates, state = optimizer.update(g, state)
-        return (optax.apply_updates(theta, updates), state, best, best_loss), loss
+        bad = ~(jnp.isfinite(loss) & jnp.all(finite))
+        return (optax.apply_updates(theta, updates), state, best, best_loss), (loss, bad)
 
     inf = jnp.asarray(jnp.inf, theta0.dtype)
-    (_, _, best, _), losses = jax.lax.scan(
+    (_, _, best, _), (losses, bad) = jax.lax.scan(
         body, (theta0, optimizer.init(theta0), theta0, inf), None, length=iters
     )
-    return best, losses, _nfe(sampler, steps, first_deg, last_deg)
+    return best, losses, jnp.sum(bad), _nfe(sampler, steps, first_deg, last_deg)

@@ -427,6 +427,7 @@ def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
     assert info["pilot_error"] < 0.5 * info["initial_error"]
     assert info["n_pilot"] == 128 and info["iters"] == iters and info["sampler_nfe"] == 8
     assert info["reference_nfe"] > 100  # the dopri8 reference at tolerance 1e-10
+    assert info["nonfinite_iters"] == uni["nonfinite_iters"] == 0
     ref = solve.sample_ode(field, fresh, solver="dopri8", rtol=1e-12, atol=1e-12, per_sample=True).x
     fitted = solve.sample_ode(field, fresh, solver="unipc", grid=ts)
     start = solve.sample_ode(field, fresh, solver="unipc", grid=_grid(path, info["start"], 8))
@@ -436,6 +437,25 @@ def test_optimize_grid_lowers_the_error_on_fresh_noise(path_name, x64):
         solve.optimize_grid(field, pilot, solver=solve.EDMHeun(churn=1.0), steps=4)
     with pytest.raises(ValueError, match="steps"):
         solve.optimize_grid(field, pilot, solver="unipc")
+
+
+def test_optimize_grid_counts_nonfinite_gradients():
+    """A field whose output is finite but whose time-derivative is NaN (a masked ``sqrt`` of a
+    negative number, the classic ``jnp.where`` gradient): every iteration's gradient is NaN,
+    Adam never moves, the starting grid comes back, and ``info`` says so."""
+    path = paths.get_path("linear")
+    exact = groundtruth.velocity_field(dg.data.mixture("mixture"), path)
+
+    def field(t, x, args):
+        return exact(t, x, args) + jnp.where(t > 5.0, jnp.sqrt(-t), 0.0)
+
+    pilot = jr.normal(jr.key(4), (16, 2))
+    ts, info = solve.optimize_grid(
+        field, pilot, solver="unipc", steps=4, init="uniform", iters=3, path=path
+    )
+    assert info["nonfinite_iters"] == 3, info
+    assert info["pilot_error"] == info["initial_error"]
+    np.testing.assert_allclose(ts, _grid(path, "uniform", 4), rtol=1e-6, atol=1e-6)
 
 
 def _grid(path, name, steps):
