@@ -43,8 +43,8 @@ def pytest_configure(config):
 # The same programs compiled both ways in one process (paired): 0.45x the compile CPU time
 # without the fusion emitters (test_losses), 0.43x (test_fewstep), 0.38x with both flags.
 # test_image_study (compiled with optimisations on), test_xla_options and the throughput and
-# solver_accuracy benchmarks: 134 s CPU against 201 s (image study's quick run 55 s against 51 s
-# wall, within the spread on this machine).
+# solver_accuracy benchmarks: 134 s CPU against 201 s; the image study's quick run alone 63 s
+# CPU against 75 s (its programs run no slower).
 # - xla_cpu_use_fusion_emitters=false: XLA's older elemental emitter for fused loops instead of
 #   the MLIR fusion emitters, which cost far more to compile. Same operations, same math
 #   library: random draws, a CNF log-density and elementwise functions came out bit-identical;
