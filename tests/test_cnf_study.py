@@ -37,12 +37,15 @@ def check_quality(m):
 
     Calibrated on a known-good quick run (seed 0, dopri5 at rtol = atol = 1e-6, batched RMS error
     control over chunks of 200 points): linear map max |log p error| 1.0e-5 on its 20 x 20 grid
-    (bound 5e-5); tanh(z^3) flow max error 1.7e-6 up to t = 0.5 (bound 6e-6), TV(CNF, exact)
-    1.1e-7 (bound 1e-6); on 8gaussians the flow-matching model (2000 steps) is 0.45 +- 0.07 nats
-    from the data's exact log-density (paired gap on 200 test points; bound 0.7) and 20
-    maximum-likelihood steps from it bring it to 0.39 +- 0.06 (bound 0.6; lower on the same
-    points); against the float64 reference (200 points) Euler's max error falls 4.6 -> 1.7 from 2
-    to 8 steps (bound: below 0.4x), dopri5 at tolerance 1e-3 has mean error 6.7e-5 (bound 0.03);
+    (bound 5e-5); tanh(z^3) flow max error 1.5e-6 up to t = 0.5 with XLA's default emitters, TV(CNF,
+    exact) 1.1e-7 (bound 1e-6). The suite compiles with XLA's elemental emitter (tests/conftest.py),
+    whose float32 round-off differs: the tanh flow's max error is then 8.3e-6 at t = 0.5 (jnp.tanh
+    alone is within 3e-7 relative of float64 under both emitters; the linear map's error is
+    bit-identical), hence its bound 1.5e-5. On 8gaussians the flow-matching model (2000 steps) is
+    0.45 +- 0.07 nats from the data's exact log-density (paired gap on 200 test points; bound 0.7)
+    and 20 maximum-likelihood steps from it bring it to 0.39 +- 0.06 (bound 0.6; lower on the same
+    points); against the float64 reference (200 points) Euler's max error falls 4.6 -> 1.7 from 2 to
+    8 steps (bound: below 0.4x), dopri5 at tolerance 1e-3 has mean error 6.7e-5 (bound 0.03);
     Hutchinson's bias is -0.009 +- 0.037. The linear-map and tanh errors sit at the float32 floor:
     loosening the solve to rtol = atol = 1e-4 leaves them at 9.2e-6 and 1.6e-6, so these bounds
     check the density itself, not the tolerance. Broken on purpose: with 300 flow-matching steps
@@ -50,7 +53,7 @@ def check_quality(m):
     """
     assert m["linear_map"]["max_abs_error"] < 5e-5, m["linear_map"]
     for row in m["tanh_flow"]["times"]:
-        assert row["max_abs_log_error"] < 6e-6, row
+        assert row["max_abs_log_error"] < 1.5e-5, row
         assert row["tv_cnf_exact"] < 1e-6, row
     ds = m["datasets"]["8gaussians"]
     for name, bound in (("ml_cnf", 0.6), ("flow_matching", 0.7)):
