@@ -37,7 +37,7 @@ _HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32))
 def _check_saveat(saveat, c0, c1, dtype):
     if saveat is None:
         return None
-    ts = jnp.asarray(saveat, dtype=dtype)
+    ts = _core_scalar(saveat, dtype)  # a host array when concrete: no eager conversion
     if ts.ndim != 1 or ts.shape[0] == 0:
         raise ValueError(f"saveat must be a non-empty 1-d array of times, got shape {ts.shape}")
     cts = concrete(ts)
@@ -49,7 +49,7 @@ def _check_saveat(saveat, c0, c1, dtype):
         d = np.diff(cts) * np.sign(c1 - c0)
         if np.any(d < 0):
             raise ValueError(f"saveat times must run in the direction t0 -> t1, got {cts}")
-        ts = jnp.asarray(np.clip(cts, lo, hi), dtype=dtype)  # rounding only (checked above)
+        ts = _core_scalar(np.clip(cts, lo, hi), dtype)  # rounding only (checked above)
     return ts
 
 
