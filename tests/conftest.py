@@ -33,7 +33,8 @@ def pytest_configure(config):
     jax.config.update("jax_disable_most_optimizations", os.environ[_NO_OPT_ENV] == "1")
 
 
-# XLA:CPU flags for the test session that change how XLA generates code, not what it computes.
+# XLA:CPU flags for the test session that change how XLA generates code (the operations stay the
+# same; float32 round-off can differ, below).
 # XLA's compilation was about 60% of the suite's time. Measured (issue 10) on 2 shared cores
 # (load 2-6), one process (-p no:xdist) running test_paths, test_cnf, test_losses and
 # test_fewstep (231 tests, 2223 compilations), CPU time of the process:
