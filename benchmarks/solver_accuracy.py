@@ -42,15 +42,12 @@ import pathlib
 import platform
 import time
 
+import equinox as eqx
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import jax.random as jr
+import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -778,7 +775,17 @@ def _fast_compiles():
 
 
 def main(argv=None):
+    """Run the benchmark in float64.
+
+    ``jax_enable_x64`` is set for this call only (``jax.enable_x64``): a caller's own setting
+    (e.g. a test's process, which runs the quick mode in-process) is left as it was.
+    """
     args = parse_args(argv)
+    with jax.enable_x64(True):
+        _run(args)
+
+
+def _run(args):
     if args.quick:
         _fast_compiles()
     args.out.mkdir(parents=True, exist_ok=True)
