@@ -124,7 +124,10 @@ def worker(devices, quick, repeats):
 
 
 def run_worker(devices, quick, repeats):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # the device count is appended to the caller's XLA_FLAGS (e.g. the test session's compile
+    # flags), which the worker keeps
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     cmd = [sys.executable, __file__, "--worker", str(devices), "--repeats", str(repeats)]
     proc = subprocess.run(cmd + ["--quick"] * quick, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -34,9 +34,9 @@ def run_main(script, *args):
     """Run a study's ``main`` in this process (``--quick`` runs in the tests).
 
     Saves the JAX start-up and backend set-up of a subprocess, and the worker's compilation
-    cache is shared with the other tests. The studies in experiments/ (not the main study, not
-    the benchmarks, which set float64 globally) leave no global JAX state behind: the float64
-    flag is checked to be unchanged. Return whatever ``main`` returns.
+    cache is shared with the other tests. The studies in experiments/ (not the main study) and
+    the benchmarks leave no global JAX state behind: the float64 flag is checked to be
+    unchanged. Return whatever ``main`` returns.
     """
     import jax
 

@@ -17,7 +17,9 @@ import sys
 
 if __name__ == "__main__":  # imported by the tests for ``run`` (resume on one device in-process)
     devices, checkpoint, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # appended: the test session's compile flags (tests/conftest.py) stay in force
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
 
 import functools  # noqa: E402
 import shutil  # noqa: E402

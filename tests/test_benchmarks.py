@@ -2,15 +2,19 @@
 
 Each quick run writes ``<name>_quick.*`` into ``--out`` (never over ``results/``); the tests
 check the files and a few numbers that a broken benchmark would get wrong (errors against the
-exact answers the benchmark measures, not timings).
+exact answers the benchmark measures, not timings). The quick runs call the script's ``main`` in
+this process (``helpers.run_main``: no Python and JAX start-up per run, and the float64 flag is
+checked to be left unchanged); scaling's workers still run in their own processes, one per
+device count.
 """
 
 import json
 import math
+import os
 import pathlib
 
 import pytest
-from helpers import run_ok
+from helpers import run_main
 
 from diffeqgen.solve import FEWSTEP_SAMPLERS
 
@@ -20,7 +24,9 @@ RESULTS = BENCHMARKS.parent / "results" / "benchmarks"
 
 def _run_quick(name, tmp_path, *flags):
     before = {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("*")} if RESULTS.exists() else {}
-    run_ok(BENCHMARKS / f"{name}.py", "--quick", "--out", str(tmp_path), *flags)
+    with pytest.MonkeyPatch.context() as mp:  # XLA_FLAGS as it was (solver_accuracy adds one)
+        mp.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+        run_main(BENCHMARKS / f"{name}.py", "--quick", "--out", str(tmp_path), *flags)
     after = {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("*")} if RESULTS.exists() else {}
     assert after == before, "a --quick run must not write into results/benchmarks"
     res = json.loads((tmp_path / f"{name}_quick.json").read_text())
