@@ -16,7 +16,7 @@ import optax
 
 from ._checks import check_array, check_finite
 from ._memo import abstract_key, cached
-from ._xla import fit_compiler_options
+from ._xla import fit_compiler_options, unrolled_threefry
 from .losses import SIGNATURE_HINT, split_batch
 
 __all__ = [
@@ -393,7 +393,9 @@ def compiled_chunk(args: tuple) -> tuple[Callable, float]:
         t = time.perf_counter()
         _, _, data, _, _, train_key, config, _ = args
         batch = eqx.filter_eval_shape(draw, data, config.is_sampler, train_key, config.batch_size)
-        exe = run_chunk.lower(*args).compile(compiler_options=fit_compiler_options(batch))
+        with unrolled_threefry():  # the same random numbers, one loop instead of five (_xla)
+            lowered = run_chunk.lower(*args)
+        exe = lowered.compile(compiler_options=fit_compiler_options(batch))
         seconds = time.perf_counter() - t
         return exe
 
