@@ -125,7 +125,7 @@ def test_unrolled_threefry_lowers_without_loops_and_restores():
     rolled = _threefry_loops(lambda k: draw(k), key)
     if rolled == 0:
         pytest.skip("this JAX lowers Threefry on CPU without a loop already")
-    with _xla.unrolled_threefry() as active:
+    with dg.train.unrolled_threefry() as active:  # the public name of _xla.unrolled_threefry
         inside = _threefry_loops(lambda k: draw(k), key)
     assert active and inside == 0
     assert _threefry_loops(lambda k: draw(k), key) == rolled  # the rule is restored on exit
