@@ -162,10 +162,12 @@ def unrolled_threefry() -> contextlib.AbstractContextManager[bool]:
     JAX lowers its Threefry hash (every ``jax.random`` draw and key split) on CPU as a loop
     of 5 iterations; inside this context, as the same 20 rounds written out (as on GPU), one
     elementwise loop per draw. The random numbers are bit-identical. `fit` lowers its steps
-    this way; for a hand-written step, call the ``jax.jit`` function the first time (or
-    ``.lower(...)`` it) inside ``with dg.train.unrolled_threefry():``. On the flow-matching
-    step of ``benchmarks/throughput.py`` (batch 256) 1.13-1.16x less CPU time, and draws of
-    a large array up to 1.4x, at a compile time no longer (docs, train page). Only the
+    this way, unless ``jax_disable_most_optimizations`` is set (with XLA's optimisations off
+    the unrolled hash compiled ~1/3 slower). For a hand-written step, call the ``jax.jit``
+    function the first time (or ``.lower(...)`` it) inside
+    ``with dg.train.unrolled_threefry():``. On the flow-matching step of
+    ``benchmarks/throughput.py`` (batch 256) 1.12-1.16x less CPU time, and draws of a large
+    array up to 1.4x, compiling no slower with optimisations on (docs, train page). Only the
     lowering changes: a program JAX already lowered (its cache) is unchanged, and other
     platforms are unaffected. Yields whether the rule was swapped (False if this JAX release
     lacks the internals it uses; then nothing changes).

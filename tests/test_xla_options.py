@@ -174,3 +174,22 @@ def test_fit_bit_identical_with_rolled_threefry(optimised, monkeypatch):
     assert_trees_equal(ours.model, plain.model)
     assert_trees_equal(ours.ema_model, plain.ema_model)
     assert_trees_equal(ours.history, plain.history)
+
+
+def test_fit_keeps_jax_lowering_when_compiles_must_be_fast(monkeypatch):
+    """With ``jax_disable_most_optimizations`` (as in this suite) fit lowers as JAX does."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    used = []
+    monkeypatch.setattr(_train_step, "unrolled_threefry", lambda: used.append(1))
+    try:
+        _memo._ABSTRACT_CACHE.clear()
+        loss = functools.partial(dg.losses.flow_matching_loss, path=dg.paths.get_path("linear"))
+        model = dg.nn.MLP(2, 2, width=8, depth=1, key=jr.key(0))
+        dg.train.fit(model, loss, dg.data.sampler("8gaussians"), key=jr.key(1),
+                     optimizer=optax.adam(1e-3), num_steps=2, batch_size=16,
+                     progress=False)  # fmt: skip
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        _memo._ABSTRACT_CACHE.clear()
+    assert not used
