@@ -16,8 +16,11 @@ most `SMALL_BATCH_ELEMENTS` numbers. The docs' train page lists the options meas
 rejected.
 """
 
+import contextlib
 import math
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -65,3 +68,60 @@ def fit_compiler_options(batch: Any, platform: str | None = None) -> dict[str, s
     """
     size = sum(math.prod(getattr(x, "shape", ())) for x in jax.tree_util.tree_leaves(batch))
     return compiler_options(platform) if size <= SMALL_BATCH_ELEMENTS else {}
+
+
+_LOWERING_LOCK = threading.Lock()
+
+
+def _threefry_rules():
+    """``(primitive, CPU rule table, unrolled rule)`` of JAX's Threefry hash, or None.
+
+    JAX internals (``jax._src``): checked for what is used, so a JAX release that moves them
+    only turns the unrolled lowering off (`unrolled_threefry` then changes nothing).
+    """
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as tf
+    except ImportError:
+        return None
+    prim = getattr(tf, "threefry2x32_p", None)
+    rule = getattr(tf, "_threefry2x32_lowering_rule", None)
+    table = getattr(mlir, "_platform_specific_lowerings", None)
+    entry = getattr(mlir, "LoweringRuleEntry", None)
+    if prim is None or rule is None or entry is None or not hasattr(table, "__getitem__"):
+        return None
+    return prim, table["cpu"], entry(rule, False)
+
+
+@contextlib.contextmanager
+def unrolled_threefry() -> Iterator[bool]:
+    """While open, programs lowered for CPU compute JAX's Threefry hash unrolled (yields True).
+
+    JAX lowers ``threefry2x32`` on CPU as a ``fori_loop`` of 5 iterations (4 rounds each); on
+    other platforms, and here, as the same 20 rounds written out, one elementwise loop. The
+    arithmetic is the same uint32 operations in the same order, so every random draw is
+    bit-identical; only XLA's loop structure changes. `fit` lowers its chunk inside this
+    context. Issue 12, measured on 2 shared cores (paired rounds, scratch scripts): the
+    flow-matching step of ``benchmarks/throughput.py`` (8 Threefry calls per step: the key
+    derivation, the 8gaussians sampler, the loss's t and noise) took 1.16x less wall and CPU
+    time (IQR 1.08-1.17 / 1.14-1.19), at the same compile time. The rule is swapped in JAX's
+    table of CPU lowerings and restored on exit, under a lock; a program another thread lowers
+    meanwhile also gets the unrolled hash (same numbers). Yields False (nothing swapped) when
+    the JAX internals it needs are missing.
+    """
+    rules = _threefry_rules()
+    if rules is None:
+        yield False
+        return
+    prim, table, unrolled = rules
+    with _LOWERING_LOCK:
+        missing = object()
+        before = table.get(prim, missing)
+        table[prim] = unrolled
+        try:
+            yield True
+        finally:
+            if before is missing:
+                del table[prim]
+            else:
+                table[prim] = before

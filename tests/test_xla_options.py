@@ -5,6 +5,7 @@ results with and without them. Compiled with XLA's optimisations on (the suite t
 off, and the pass in question is one of those that then does not run).
 """
 
+import contextlib
 import functools
 
 import jax
@@ -109,3 +110,86 @@ def test_fit_bit_identical_without_the_options(optimised, monkeypatch):
     assert_trees_equal(ours.model, plain.model)
     assert_trees_equal(ours.ema_model, plain.ema_model)
     assert_trees_equal(ours.history, plain.history)
+
+
+def _threefry_loops(fn, *args) -> int:
+    """Number of ``while`` loops in the StableHLO of ``jax.jit(fn)`` (a fresh lowering)."""
+    return jax.jit(fn).lower(*args).as_text().count("stablehlo.while")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU lowering of Threefry")
+def test_unrolled_threefry_lowers_without_loops_and_restores():
+    """Inside the context a draw lowers to no loop (JAX's CPU rule: a 5-iteration loop)."""
+    key = jr.key(0)
+    draw = lambda k: jr.normal(k, (64,)) + jr.uniform(jr.fold_in(k, 1), (64,))  # noqa: E731
+    rolled = _threefry_loops(lambda k: draw(k), key)
+    if rolled == 0:
+        pytest.skip("this JAX lowers Threefry on CPU without a loop already")
+    with dg.train.unrolled_threefry() as active:  # the public name of _xla.unrolled_threefry
+        inside = _threefry_loops(lambda k: draw(k), key)
+    assert active and inside == 0
+    assert _threefry_loops(lambda k: draw(k), key) == rolled  # the rule is restored on exit
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU lowering of Threefry")
+def test_unrolled_threefry_draws_the_same_numbers():
+    """The unrolled hash gives the same bits: uniform, normal, integer and key splits."""
+    key = jr.key(3)
+
+    def draws(k):
+        k1, k2, k3 = jr.split(jr.fold_in(k, 7), 3)
+        return jr.uniform(k1, (257,)), jr.normal(k2, (3, 5)), jr.randint(k3, (33,), 0, 9), k1
+
+    plain = jax.jit(draws)(key)
+    with _xla.unrolled_threefry():
+        unrolled = jax.jit(lambda k: draws(k)).lower(key).compile()(key)
+    assert_trees_equal(jax.tree_util.tree_map(jr.key_data, plain[3]), jr.key_data(unrolled[3]))
+    assert_trees_equal(plain[:3], unrolled[:3])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU lowering of Threefry")
+def test_fit_bit_identical_with_rolled_threefry(optimised, monkeypatch):
+    """`fit` lowers its chunk with the unrolled Threefry hash: the same weights, EMA and losses."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    loss = functools.partial(dg.losses.flow_matching_loss, path=dg.paths.get_path("linear"))
+    model = dg.nn.MLP(2, 2, width=16, depth=2, key=jr.key(0))
+    used = []
+
+    def spy():
+        used.append(True)
+        return _xla.unrolled_threefry()
+
+    def run():
+        _memo._ABSTRACT_CACHE.clear()  # compile afresh (the executable is memoised, and
+        jax.clear_caches()  # JAX keeps the lowering of the chunk)
+        return dg.train.fit(model, loss, dg.data.sampler("8gaussians"), key=jr.key(1),
+                            optimizer=optax.adam(1e-3), num_steps=23, batch_size=64,
+                            steps_per_call=10, progress=False)  # fmt: skip
+
+    monkeypatch.setattr(_train_step, "unrolled_threefry", spy)
+    ours = run()
+    assert used
+    monkeypatch.setattr(_train_step, "unrolled_threefry", contextlib.nullcontext)
+    plain = run()
+    assert_trees_equal(ours.model, plain.model)
+    assert_trees_equal(ours.ema_model, plain.ema_model)
+    assert_trees_equal(ours.history, plain.history)
+
+
+def test_fit_keeps_jax_lowering_when_compiles_must_be_fast(monkeypatch):
+    """With ``jax_disable_most_optimizations`` (as in this suite) fit lowers as JAX does."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    used = []
+    monkeypatch.setattr(_train_step, "unrolled_threefry", lambda: used.append(1))
+    try:
+        _memo._ABSTRACT_CACHE.clear()
+        loss = functools.partial(dg.losses.flow_matching_loss, path=dg.paths.get_path("linear"))
+        model = dg.nn.MLP(2, 2, width=8, depth=1, key=jr.key(0))
+        dg.train.fit(model, loss, dg.data.sampler("8gaussians"), key=jr.key(1),
+                     optimizer=optax.adam(1e-3), num_steps=2, batch_size=16,
+                     progress=False)  # fmt: skip
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        _memo._ABSTRACT_CACHE.clear()
+    assert not used
